@@ -1,0 +1,14 @@
+//! Types shared by every drakit daemon.
+//!
+//! - [`config`]: the claim-configuration API (`drakit.dev/v1alpha1`), strict decoding, semantic
+//!   validation with field paths, and the merge of several configs for one claim.
+//! - [`cdi`]: CDI spec emission (minimum version, name validation, atomic write, list, remove).
+//! - [`checkpoint`]: the versioned, checksummed, boot-ID-stamped checkpoint format.
+//! - [`fsutil`]: atomic file replacement (temp file, fsync, rename, fsync dir).
+//! - [`constants`]: driver names, socket paths and environment variable names.
+
+pub mod cdi;
+pub mod checkpoint;
+pub mod config;
+pub mod constants;
+pub mod fsutil;
