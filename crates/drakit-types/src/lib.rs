@@ -5,6 +5,7 @@
 //! - [`cdi`]: CDI spec emission (minimum version, name validation, atomic write, list, remove).
 //! - [`checkpoint`]: the versioned, checksummed, boot-ID-stamped checkpoint format.
 //! - [`fsutil`]: atomic file replacement (temp file, fsync, rename, fsync dir).
+//! - [`policy`]: the admin policy that runtime-spec edits must pass (node and webhook alike).
 //! - [`constants`]: driver names, socket paths and environment variable names.
 
 pub mod cdi;
@@ -12,3 +13,4 @@ pub mod checkpoint;
 pub mod config;
 pub mod constants;
 pub mod fsutil;
+pub mod policy;
