@@ -293,7 +293,10 @@ fn project_protos_match_upstream_wire_contracts() {
     let ours_root = drakit_proto::proto_root();
     let mut problems = Vec::new();
     for case in CASES {
-        let ours = collect(&compile(&[ours_root.clone()], case.ours), case.ours);
+        let ours = collect(
+            &compile(std::slice::from_ref(&ours_root), case.ours),
+            case.ours,
+        );
         let mut inc = vec![specs.join(case.upstream_dir)];
         inc.extend(case.upstream_includes.iter().map(|i| specs.join(i)));
         let theirs = collect(&compile(&inc, case.upstream_file), case.upstream_file);
@@ -328,7 +331,7 @@ fn ttrpc_envelope_matches_upstream() {
     };
     let specs = shared.join("specs");
     let ours_root = drakit_proto::proto_root();
-    let ours_set = compile(&[ours_root.clone()], "ttrpc/request.proto");
+    let ours_set = compile(std::slice::from_ref(&ours_root), "ttrpc/request.proto");
     let ours = collect(&ours_set, "ttrpc/request.proto");
     // Upstream ttrpc request.proto, resolving its google/rpc/status.proto import from our copy.
     let theirs = collect(
@@ -403,7 +406,7 @@ fn comparison_detects_a_renumbered_field() {
         "syntax = \"proto3\"; package p; message M { string a = 1; repeated int64 b = 3; optional string c = 4; }",
     )
     .unwrap();
-    let ours = collect(&compile(&[dir.clone()], "a.proto"), "a.proto");
+    let ours = collect(&compile(std::slice::from_ref(&dir), "a.proto"), "a.proto");
     let theirs = collect(&compile(&[dir.join("b")], "a.proto"), "a.proto");
     let mut problems = Vec::new();
     diff(&ours, &theirs, "t", &|s| s.to_string(), &mut problems);
