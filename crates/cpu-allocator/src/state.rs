@@ -1,0 +1,566 @@
+//! Exclusive CPU bookkeeping: prepare, unprepare, the shared pool, restart restore.
+
+use std::collections::BTreeMap;
+
+use drakit_proto::drakit::{
+    ClaimRef, ContainerEdits, CpuAssignment, CpuPoolState, Inventory, PrepareRequest,
+    PrepareResponse, PreparedDevice,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::alloc::{self, AllocError};
+use crate::cpuset::CpuSet;
+use crate::inventory::{self, CPUS_CAPACITY, DeviceModel};
+use crate::store::{StateStore, StoreError};
+use crate::topology::Topology;
+
+/// Prefix of the CDI environment variable that carries a claim's exclusive CPUs to the NRI
+/// sidecar: `DRAKIT_CPUS_<claim uid, '-' replaced by '_'>=<cpulist>`.
+///
+/// Interim: `drakit_types::constants` will own this name once it lands; keep the two equal.
+pub const CPUS_ENV_PREFIX: &str = "DRAKIT_CPUS_";
+
+/// The environment variable name for a claim.
+pub fn cpus_env_name(claim_uid: &str) -> String {
+    format!("{CPUS_ENV_PREFIX}{}", claim_uid.replace('-', "_"))
+}
+
+/// Node-level settings of the allocator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConfig {
+    pub model: DeviceModel,
+    /// CPUs never handed out exclusively (kubelet `reservedSystemCPUs` and the like).
+    pub reserved: CpuSet,
+    /// Reserved CPUs still run shared containers (otherwise only system daemons use them).
+    pub reserved_shareable: bool,
+    /// Isolated CPUs (isolcpus) run shared containers (default: no, the kernel does not balance
+    /// load onto them).
+    pub isolated_shareable: bool,
+    /// Allow a prepare that leaves the shared pool empty.
+    pub allow_empty_shared_pool: bool,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            model: DeviceModel::Individual,
+            reserved: CpuSet::new(),
+            reserved_shareable: false,
+            isolated_shareable: false,
+            allow_empty_shared_pool: false,
+        }
+    }
+}
+
+/// A device of a prepared claim, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordedDevice {
+    pub requests: Vec<String>,
+    pub pool: String,
+    pub device: String,
+    #[serde(default)]
+    pub share_id: String,
+}
+
+/// What is persisted per prepared claim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRecord {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub cpus: CpuSet,
+    pub pods: Vec<String>,
+    pub devices: Vec<RecordedDevice>,
+    /// Boot the allocation was made in; after a reboot it is stale.
+    pub boot_id: String,
+}
+
+/// Why a prepare (or unprepare) failed; every variant names the claim.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error("claim {claim}: invalid request: {reason}")]
+    Invalid { claim: String, reason: String },
+    #[error("claim {claim}: request made under boot {request} but the node booted as {node}")]
+    BootMismatch {
+        claim: String,
+        request: String,
+        node: String,
+    },
+    #[error("claim {claim}: device {device}: {reason}")]
+    Device {
+        claim: String,
+        device: String,
+        reason: String,
+    },
+    #[error("claim {claim}: device {device}: cpu{cpu} is already exclusive to claim {holder}")]
+    AlreadyExclusive {
+        claim: String,
+        device: String,
+        cpu: u32,
+        holder: String,
+    },
+    #[error("claim {claim}: device {device}: {source}")]
+    Alloc {
+        claim: String,
+        device: String,
+        #[source]
+        source: AllocError,
+    },
+    #[error(
+        "claim {claim}: taking {cpus} would leave the shared pool empty (the last shared CPU is never handed out)"
+    )]
+    SharedPoolEmpty { claim: String, cpus: CpuSet },
+    #[error("claim {claim}: already prepared with other devices ({recorded}); unprepare it first")]
+    Conflict { claim: String, recorded: String },
+    #[error("claim {claim}: saving state: {source}")]
+    Store {
+        claim: String,
+        #[source]
+        source: StoreError,
+    },
+}
+
+/// Errors building a manager.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("loading state: {0}")]
+    Load(#[source] StoreError),
+    #[error("reserved CPUs {reserved} leave no online CPU to allocate")]
+    NothingAllocatable { reserved: CpuSet },
+}
+
+/// The allocator's state: topology, exclusive assignments, persistence.
+pub struct Manager {
+    topo: Topology,
+    cfg: PoolConfig,
+    boot_id: String,
+    store: Box<dyn StateStore>,
+    claims: BTreeMap<String, ClaimRecord>,
+    owner: BTreeMap<u32, String>,
+    generation: u64,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager")
+            .field("cfg", &self.cfg)
+            .field("boot_id", &self.boot_id)
+            .field("claims", &self.claims.len())
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Manager {
+    /// Builds the manager and restores the records of the current boot from `store`; records of
+    /// another boot, unreadable ones and ones that conflict are dropped (and deleted) with a log.
+    pub fn new(
+        topo: Topology,
+        cfg: PoolConfig,
+        boot_id: &str,
+        mut store: Box<dyn StateStore>,
+    ) -> Result<Self, StateError> {
+        if topo.online.difference(&cfg.reserved).is_empty() {
+            return Err(StateError::NothingAllocatable {
+                reserved: cfg.reserved.clone(),
+            });
+        }
+        let entries = store.load().map_err(StateError::Load)?;
+        let mut m = Self {
+            topo,
+            cfg,
+            boot_id: boot_id.to_string(),
+            store,
+            claims: BTreeMap::new(),
+            owner: BTreeMap::new(),
+            generation: 1,
+        };
+        for (key, value) in entries {
+            match m.restore_one(&key, &value) {
+                Ok(()) => {}
+                Err(reason) => {
+                    tracing::warn!(claim.uid = %key, "dropping recorded allocation: {reason}");
+                    if let Err(e) = m.store.delete(&key) {
+                        tracing::error!(claim.uid = %key, "deleting dropped record: {e}");
+                    }
+                }
+            }
+        }
+        Ok(m)
+    }
+
+    fn restore_one(&mut self, key: &str, value: &[u8]) -> Result<(), String> {
+        let rec: ClaimRecord =
+            serde_json::from_slice(value).map_err(|e| format!("unreadable record: {e}"))?;
+        if rec.uid != key {
+            return Err(format!("record key {key} holds claim {}", rec.uid));
+        }
+        if rec.boot_id != self.boot_id {
+            return Err(format!(
+                "stale: recorded under boot {} but the node booted as {}; the allocation \
+                 cannot have survived the reboot",
+                rec.boot_id, self.boot_id
+            ));
+        }
+        let reserved = rec.cpus.intersection(&self.cfg.reserved);
+        if !reserved.is_empty() {
+            return Err(format!("holds reserved CPUs {reserved}"));
+        }
+        for cpu in rec.cpus.iter() {
+            if let Some(holder) = self.owner.get(&cpu) {
+                return Err(format!("cpu{cpu} is already exclusive to claim {holder}"));
+            }
+        }
+        let offline = rec.cpus.difference(&self.topo.online);
+        if !offline.is_empty() {
+            tracing::warn!(claim.uid = %key, "restored allocation holds offline CPUs {offline}");
+        }
+        for cpu in rec.cpus.iter() {
+            self.owner.insert(cpu, rec.uid.clone());
+        }
+        tracing::info!(claim.uid = %key, cpus = %rec.cpus, "restored exclusive allocation");
+        self.claims.insert(rec.uid.clone(), rec);
+        Ok(())
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topo
+    }
+
+    pub fn config(&self) -> &PoolConfig {
+        &self.cfg
+    }
+
+    pub fn boot_id(&self) -> &str {
+        &self.boot_id
+    }
+
+    /// Bumped on every change of the exclusive assignments.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn claims(&self) -> impl Iterator<Item = &ClaimRecord> {
+        self.claims.values()
+    }
+
+    pub fn claim(&self, uid: &str) -> Option<&ClaimRecord> {
+        self.claims.get(uid)
+    }
+
+    /// All CPUs held exclusively.
+    pub fn exclusive(&self) -> CpuSet {
+        self.owner.keys().copied().collect()
+    }
+
+    /// Online CPUs that may be handed out: online minus reserved.
+    pub fn allocatable(&self) -> CpuSet {
+        self.topo.online.difference(&self.cfg.reserved)
+    }
+
+    /// online − exclusive − (reserved unless shareable) − (isolated unless shareable).
+    pub fn shared_pool(&self) -> CpuSet {
+        let mut pool = self.topo.online.difference(&self.exclusive());
+        if !self.cfg.reserved_shareable {
+            pool = pool.difference(&self.cfg.reserved);
+        }
+        if !self.cfg.isolated_shareable {
+            pool = pool.difference(&self.topo.isolated);
+        }
+        pool
+    }
+
+    /// What the NRI sidecar needs: the shared pool and every exclusive assignment.
+    pub fn pool_state(&self) -> CpuPoolState {
+        let shared = self.shared_pool();
+        CpuPoolState {
+            generation: self.generation,
+            shared_mems: self.topo.mems_of(&shared).to_string(),
+            shared_cpus: shared.to_string(),
+            assignments: self
+                .claims
+                .values()
+                .map(|r| CpuAssignment {
+                    claim: Some(ClaimRef {
+                        namespace: r.namespace.clone(),
+                        name: r.name.clone(),
+                        uid: r.uid.clone(),
+                    }),
+                    cpus: r.cpus.to_string(),
+                    mems: self.topo.mems_of(&r.cpus).to_string(),
+                    pod_uids: r.pods.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The published devices (static while the topology is).
+    pub fn inventory(&self) -> Inventory {
+        inventory::build(&self.topo, self.cfg.model, &self.allocatable(), 1)
+    }
+
+    /// Records the exclusive CPUs of a claim. Idempotent: a repeat returns the same answer.
+    pub fn prepare(&mut self, req: &PrepareRequest) -> Result<PrepareResponse, PrepareError> {
+        let claim = req.claim.clone().unwrap_or_default();
+        let uid = claim.uid.clone();
+        let invalid = |reason: String| PrepareError::Invalid {
+            claim: if uid.is_empty() {
+                "<no uid>".into()
+            } else {
+                uid.clone()
+            },
+            reason,
+        };
+        if uid.is_empty() || uid.len() > 128 {
+            return Err(invalid("claim uid must be 1-128 characters".into()));
+        }
+        if !uid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(invalid(format!(
+                "claim uid {uid:?} has characters other than [A-Za-z0-9-]"
+            )));
+        }
+        if !req.boot_id.is_empty() && req.boot_id != self.boot_id {
+            return Err(PrepareError::BootMismatch {
+                claim: uid,
+                request: req.boot_id.clone(),
+                node: self.boot_id.clone(),
+            });
+        }
+        let wanted: Vec<RecordedDevice> = req
+            .devices
+            .iter()
+            .map(|d| RecordedDevice {
+                requests: d.requests.clone(),
+                pool: d.pool.clone(),
+                device: d.device.clone(),
+                share_id: d.share_id.clone(),
+            })
+            .collect();
+        if let Some(rec) = self.claims.get(&uid) {
+            if same_devices(&rec.devices, &wanted) {
+                return Ok(response(rec));
+            }
+            return Err(PrepareError::Conflict {
+                claim: uid,
+                recorded: rec
+                    .devices
+                    .iter()
+                    .map(|d| d.device.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            });
+        }
+        if req.devices.is_empty() {
+            return Err(invalid("no devices".into()));
+        }
+
+        let allocatable = self.allocatable();
+        let groups = match self.cfg.model {
+            DeviceModel::Grouped(by) => inventory::groups(&self.topo, by, &allocatable),
+            DeviceModel::Individual => Vec::new(),
+        };
+        let mut chosen = CpuSet::new();
+        for d in &req.devices {
+            let dev_err = |reason: String| PrepareError::Device {
+                claim: uid.clone(),
+                device: d.device.clone(),
+                reason,
+            };
+            check_config(&d.config_json).map_err(|r| dev_err(format!("config: {r}")))?;
+            if d.admin_access {
+                return Err(dev_err(
+                    "adminAccess is not supported for exclusive CPUs".into(),
+                ));
+            }
+            let cpus = match self.cfg.model {
+                DeviceModel::Individual => {
+                    let cpu = d
+                        .device
+                        .strip_prefix("cpu")
+                        .and_then(|n| n.parse::<u32>().ok())
+                        .filter(|n| format!("cpu{n}") == d.device)
+                        .ok_or_else(|| {
+                            dev_err("not a device of this driver (want cpu<N>)".into())
+                        })?;
+                    if !self.topo.online.contains(cpu) {
+                        return Err(dev_err(format!("cpu{cpu} is offline or absent")));
+                    }
+                    if self.cfg.reserved.contains(cpu) {
+                        return Err(dev_err(format!("cpu{cpu} is reserved")));
+                    }
+                    if chosen.contains(cpu) {
+                        return Err(dev_err(format!("cpu{cpu} is allocated twice in the claim")));
+                    }
+                    [cpu].into_iter().collect::<CpuSet>()
+                }
+                DeviceModel::Grouped(_) => {
+                    let group = groups.iter().find(|g| g.name == d.device).ok_or_else(|| {
+                        dev_err(format!(
+                            "no such group (have {})",
+                            groups
+                                .iter()
+                                .map(|g| g.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        ))
+                    })?;
+                    let count = match d.consumed_capacity.get(CPUS_CAPACITY) {
+                        Some(q) => parse_count(q).map_err(|r| {
+                            dev_err(format!("consumed_capacity[{CPUS_CAPACITY:?}]: {r}"))
+                        })?,
+                        None => 1, // the request policy's default
+                    };
+                    let free = group.cpus.difference(&self.exclusive()).difference(&chosen);
+                    alloc::pick(&self.topo, &free, count).map_err(|source| PrepareError::Alloc {
+                        claim: uid.clone(),
+                        device: d.device.clone(),
+                        source,
+                    })?
+                }
+            };
+            for cpu in cpus.iter() {
+                if let Some(holder) = self.owner.get(&cpu) {
+                    return Err(PrepareError::AlreadyExclusive {
+                        claim: uid.clone(),
+                        device: d.device.clone(),
+                        cpu,
+                        holder: holder.clone(),
+                    });
+                }
+            }
+            chosen = chosen.union(&cpus);
+        }
+        if !self.cfg.allow_empty_shared_pool && self.shared_pool().difference(&chosen).is_empty() {
+            return Err(PrepareError::SharedPoolEmpty {
+                claim: uid,
+                cpus: chosen,
+            });
+        }
+        let rec = ClaimRecord {
+            namespace: claim.namespace,
+            name: claim.name,
+            uid: uid.clone(),
+            cpus: chosen,
+            pods: req.reserved_for_pods.clone(),
+            devices: wanted,
+            boot_id: self.boot_id.clone(),
+        };
+        let bytes = serde_json::to_vec(&rec).map_err(|e| PrepareError::Invalid {
+            claim: uid.clone(),
+            reason: format!("encoding record: {e}"),
+        })?;
+        self.store
+            .put(&uid, &bytes)
+            .map_err(|source| PrepareError::Store {
+                claim: uid.clone(),
+                source,
+            })?;
+        for cpu in rec.cpus.iter() {
+            self.owner.insert(cpu, uid.clone());
+        }
+        self.generation += 1;
+        tracing::info!(claim.uid = %uid, cpus = %rec.cpus, "prepared exclusive CPUs");
+        let resp = response(&rec);
+        self.claims.insert(uid, rec);
+        Ok(resp)
+    }
+
+    /// Returns a claim's CPUs to the pool; unknown claims succeed. Returns whether anything changed.
+    pub fn unprepare(&mut self, uid: &str) -> Result<bool, PrepareError> {
+        if !self.claims.contains_key(uid) {
+            return Ok(false);
+        }
+        self.store
+            .delete(uid)
+            .map_err(|source| PrepareError::Store {
+                claim: uid.to_string(),
+                source,
+            })?;
+        if let Some(rec) = self.claims.remove(uid) {
+            for cpu in rec.cpus.iter() {
+                self.owner.remove(&cpu);
+            }
+            tracing::info!(claim.uid = %uid, cpus = %rec.cpus, "released exclusive CPUs");
+        }
+        self.generation += 1;
+        Ok(true)
+    }
+}
+
+fn same_devices(a: &[RecordedDevice], b: &[RecordedDevice]) -> bool {
+    let key = |v: &[RecordedDevice]| {
+        let mut k: Vec<(String, String, String)> = v
+            .iter()
+            .map(|d| (d.pool.clone(), d.device.clone(), d.share_id.clone()))
+            .collect();
+        k.sort();
+        k
+    };
+    key(a) == key(b)
+}
+
+fn response(rec: &ClaimRecord) -> PrepareResponse {
+    let env = format!("{}={}", cpus_env_name(&rec.uid), rec.cpus);
+    PrepareResponse {
+        devices: rec
+            .devices
+            .iter()
+            .map(|d| PreparedDevice {
+                requests: d.requests.clone(),
+                pool: d.pool.clone(),
+                device: d.device.clone(),
+                share_id: d.share_id.clone(),
+                edits: Some(ContainerEdits {
+                    env: vec![env.clone()],
+                    ..Default::default()
+                }),
+                network_data: None,
+                conditions: Vec::new(),
+            })
+            .collect(),
+    }
+}
+
+/// Parses a CPU count quantity: `4`, or `4000m` (whole CPUs only).
+pub fn parse_count(q: &str) -> Result<usize, String> {
+    let q = q.trim();
+    let (digits, milli) = match q.strip_suffix('m') {
+        Some(d) => (d, true),
+        None => (q, false),
+    };
+    if digits.is_empty() || digits.len() > 12 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{q:?} is not a whole number of CPUs"));
+    }
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{q:?} is out of range"))?;
+    let n = if milli {
+        if !n.is_multiple_of(1000) {
+            return Err(format!("{q:?} is not a whole number of CPUs"));
+        }
+        n / 1000
+    } else {
+        n
+    };
+    if n == 0 || n > u64::from(crate::cpuset::MAX_CPUS) {
+        return Err(format!("{q:?} is out of range"));
+    }
+    Ok(n as usize)
+}
+
+/// Minimal claim-config check (interim until `drakit_types::config` lands): empty, or a JSON
+/// object whose `kind`, when present, is `CpuConfig`. Nothing in it changes the allocation yet.
+pub fn check_config(json: &str) -> Result<(), String> {
+    if json.trim().is_empty() {
+        return Ok(());
+    }
+    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    let obj = v.as_object().ok_or("must be a JSON object")?;
+    match obj.get("kind") {
+        None => Ok(()),
+        Some(serde_json::Value::String(k)) if k == "CpuConfig" => Ok(()),
+        Some(other) => Err(format!("kind {other} is not CpuConfig")),
+    }
+}
