@@ -4,4 +4,5 @@
 //! - [`addr`]: CIDR and MAC parsing with the canonical text networkData needs.
 
 pub mod addr;
+pub mod inventory;
 pub mod netlink;
