@@ -292,11 +292,13 @@ async fn registration_configure_sync_and_every_event() {
     spec["process"]["env"] = serde_json::json!(["PATH=/bin", "DROP_ME=1"]);
     let created = env.rt.create_container(ctr, spec).await.unwrap();
     env.rt.start_container("c1").await.unwrap();
-    let mut res = LinuxResources::default();
-    res.cpu = Some(drakit_proto::nri::LinuxCpu {
-        cpus: "4-5".into(),
+    let res = LinuxResources {
+        cpu: Some(drakit_proto::nri::LinuxCpu {
+            cpus: "4-5".into(),
+            ..Default::default()
+        }),
         ..Default::default()
-    });
+    };
     env.rt.update_container("c1", res.clone()).await.unwrap();
     env.rt
         .update_pod_sandbox("p1", None, Some(res))

@@ -1,0 +1,359 @@
+//! The stub against a hand-driven runtime on a socketpair: ordering corner cases and malformed
+//! input. Nothing here may panic; every failure must be a clear error or a clean reply.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use drakit_proto::nri::{
+    ConfigureRequest, ConfigureResponse, CreateContainerRequest, Empty, RegisterPluginRequest,
+    SynchronizeRequest, SynchronizeResponse,
+};
+use drakit_proto::ttrpc::{Request, Response};
+use nri::mux;
+use nri::ttrpc::{self, Header, MessageType};
+use nri::{Event, EventMask, Plugin, Stub, StubConfig};
+use prost::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+struct Quiet;
+impl Plugin for Quiet {
+    fn events(&self) -> EventMask {
+        EventMask::of(Event::CreateContainer) | Event::RunPodSandbox
+    }
+}
+
+/// The runtime end of a socketpair, speaking raw frames.
+struct RawRuntime {
+    sock: UnixStream,
+    next_id: u32,
+}
+
+impl RawRuntime {
+    async fn send_raw(&mut self, bytes: &[u8]) {
+        self.sock.write_all(bytes).await.unwrap();
+    }
+
+    async fn send_msg(&mut self, conn: u32, stream: u32, ty: MessageType, body: &impl Message) {
+        let frame = ttrpc::encode_frame(stream, ty, body);
+        let mut out = BytesMut::new();
+        mux::encode_message(conn, &frame, &mut out);
+        self.send_raw(&out).await;
+    }
+
+    /// Send a Plugin-service request on conn 1; returns its stream id.
+    async fn request(&mut self, method: &str, payload: Vec<u8>) -> u32 {
+        let id = self.next_id;
+        self.next_id += 2;
+        let req = ttrpc::request(
+            nri::PLUGIN_SERVICE,
+            method,
+            payload,
+            Some(Duration::from_secs(2)),
+        );
+        self.send_msg(mux::PLUGIN_SERVICE_CONN, id, MessageType::Request, &req)
+            .await;
+        id
+    }
+
+    /// Read one complete ttrpc message (reassembling mux frames).
+    async fn read_msg(&mut self) -> (u32, Header, Vec<u8>) {
+        let mut acc: Vec<u8> = Vec::new();
+        let mut conn = 0;
+        loop {
+            let mut hdr = [0u8; 8];
+            tokio::time::timeout(Duration::from_secs(5), self.sock.read_exact(&mut hdr))
+                .await
+                .expect("reply within 5 s")
+                .unwrap();
+            conn = if acc.is_empty() {
+                u32::from_be_bytes(hdr[..4].try_into().unwrap())
+            } else {
+                conn
+            };
+            let len = u32::from_be_bytes(hdr[4..].try_into().unwrap()) as usize;
+            let mut buf = vec![0; len];
+            self.sock.read_exact(&mut buf).await.unwrap();
+            acc.extend(buf);
+            if let Some(h) = Header::parse(&acc)
+                && acc.len() >= 10 + h.data_len as usize
+            {
+                return (conn, h, acc[10..].to_vec());
+            }
+        }
+    }
+
+    async fn read_response(&mut self) -> (u32, Response) {
+        let (conn, h, data) = self.read_msg().await;
+        assert_eq!(conn, mux::PLUGIN_SERVICE_CONN);
+        assert_eq!(h.ty, MessageType::Response);
+        (h.stream_id, Response::decode(data.as_slice()).unwrap())
+    }
+}
+
+fn stub_pair() -> (RawRuntime, tokio::task::JoinHandle<nri::Result<bool>>) {
+    let (rt, plugin) = UnixStream::pair().unwrap();
+    let mut cfg = StubConfig::new("wire", "10").unwrap();
+    cfg.reconnect = None;
+    let stub = Stub::new(Quiet, cfg);
+    let task = tokio::spawn(async move { stub.serve(plugin).await });
+    (
+        RawRuntime {
+            sock: rt,
+            next_id: 1,
+        },
+        task,
+    )
+}
+
+/// Read RegisterPlugin, answer Configure before replying to it, then finish the handshake.
+async fn handshake(rt: &mut RawRuntime) {
+    let (conn, h, data) = rt.read_msg().await;
+    assert_eq!(
+        (conn, h.stream_id, h.ty),
+        (mux::RUNTIME_SERVICE_CONN, 1, MessageType::Request)
+    );
+    let req = Request::decode(data.as_slice()).unwrap();
+    assert_eq!(
+        (req.service.as_str(), req.method.as_str()),
+        (nri::RUNTIME_SERVICE, "RegisterPlugin")
+    );
+    let reg = RegisterPluginRequest::decode(req.payload.as_slice()).unwrap();
+    assert_eq!(
+        (reg.plugin_name.as_str(), reg.plugin_idx.as_str()),
+        ("wire", "10")
+    );
+
+    // Configure goes out before the RegisterPlugin reply: the stub must serve it anyway.
+    let cfg = ConfigureRequest {
+        runtime_name: "raw".into(),
+        nri_version: "v0.12.0".into(),
+        ..Default::default()
+    };
+    let id = rt.request("Configure", cfg.encode_to_vec()).await;
+    let (sid, resp) = rt.read_response().await;
+    assert_eq!(sid, id);
+    assert!(resp.status.is_none(), "{resp:?}");
+    let cr = ConfigureResponse::decode(resp.payload.as_slice()).unwrap();
+    assert_eq!(cr.events, 0x9);
+
+    rt.send_msg(
+        mux::RUNTIME_SERVICE_CONN,
+        1,
+        MessageType::Response,
+        &ttrpc::ok_response(Vec::new()),
+    )
+    .await;
+    let id = rt
+        .request("Synchronize", SynchronizeRequest::default().encode_to_vec())
+        .await;
+    let (sid, resp) = rt.read_response().await;
+    assert_eq!(sid, id);
+    assert!(resp.status.is_none());
+    assert_eq!(
+        SynchronizeResponse::decode(resp.payload.as_slice()).unwrap(),
+        SynchronizeResponse::default()
+    );
+}
+
+async fn still_serving(rt: &mut RawRuntime) {
+    let req = CreateContainerRequest::default();
+    let id = rt.request("CreateContainer", req.encode_to_vec()).await;
+    let (sid, resp) = rt.read_response().await;
+    assert_eq!(sid, id);
+    assert!(resp.status.is_none(), "{resp:?}");
+}
+
+fn code_of(resp: &Response) -> i32 {
+    resp.status.as_ref().map(|s| s.code).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn configure_before_register_reply_and_chunked_sync() {
+    let (mut rt, task) = stub_pair();
+    handshake(&mut rt).await;
+    // A second, chunked sync: intermediate chunks answered with more=true and no updates.
+    let chunk = SynchronizeRequest {
+        more: true,
+        ..Default::default()
+    };
+    let id = rt.request("Synchronize", chunk.encode_to_vec()).await;
+    let (sid, resp) = rt.read_response().await;
+    assert_eq!(sid, id);
+    let r = SynchronizeResponse::decode(resp.payload.as_slice()).unwrap();
+    assert!(r.more && r.update.is_empty());
+    let id = rt
+        .request("Synchronize", SynchronizeRequest::default().encode_to_vec())
+        .await;
+    let (_, resp) = rt.read_response().await;
+    assert!(
+        !SynchronizeResponse::decode(resp.payload.as_slice())
+            .unwrap()
+            .more,
+        "{id}"
+    );
+    drop(rt);
+    assert!(matches!(task.await.unwrap(), Ok(true)));
+}
+
+#[tokio::test]
+async fn unknown_service_method_and_garbage_get_error_replies() {
+    let (mut rt, task) = stub_pair();
+    handshake(&mut rt).await;
+
+    // Unknown method / service: Unimplemented with Go's messages.
+    let id = rt.request("Frobnicate", Vec::new()).await;
+    let (sid, resp) = rt.read_response().await;
+    assert_eq!((sid, code_of(&resp)), (id, 12));
+    assert_eq!(resp.status.unwrap().message, "method Frobnicate");
+    let id = rt.next_id;
+    rt.next_id += 2;
+    let req = ttrpc::request("some.Other", "X", Vec::new(), None);
+    rt.send_msg(1, id, MessageType::Request, &req).await;
+    let (_, resp) = rt.read_response().await;
+    assert_eq!(code_of(&resp), 12);
+    assert_eq!(resp.status.unwrap().message, "service some.Other");
+
+    // Garbage NRI payload in a valid envelope: InvalidArgument naming the call.
+    let id = rt
+        .request("CreateContainer", vec![0xff, 0xff, 0xff, 0xff, 0x0f])
+        .await;
+    let (sid, resp) = rt.read_response().await;
+    assert_eq!((sid, code_of(&resp)), (id, 3));
+    assert!(resp.status.unwrap().message.contains("CreateContainer"));
+
+    // Garbage ttrpc envelope.
+    let id = rt.next_id;
+    rt.next_id += 2;
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&5u32.to_be_bytes());
+    frame.extend_from_slice(&id.to_be_bytes());
+    frame.extend_from_slice(&[1, 0, 0xff, 0xff, 0xff, 0xff, 0xff]);
+    let mut out = BytesMut::new();
+    mux::encode_message(1, &frame, &mut out);
+    rt.send_raw(&out).await;
+    let (sid, resp) = rt.read_response().await;
+    assert_eq!((sid, code_of(&resp)), (id, 3));
+
+    // Even and re-used stream ids are refused (InvalidArgument), like Go's server.
+    let req = ttrpc::request(nri::PLUGIN_SERVICE, "CreateContainer", Vec::new(), None);
+    rt.send_msg(1, 1000, MessageType::Request, &req).await;
+    let (sid, resp) = rt.read_response().await;
+    assert_eq!((sid, code_of(&resp)), (1000, 3));
+    rt.send_msg(1, 1, MessageType::Request, &req).await;
+    let (sid, resp) = rt.read_response().await;
+    assert_eq!((sid, code_of(&resp)), (1, 3));
+
+    // A ttrpc message over 4 MiB: ResourceExhausted, body skipped, stream stays in sync.
+    let id = rt.next_id;
+    rt.next_id += 2;
+    let big = (5u32 << 20) as usize;
+    let mut hdr = Vec::new();
+    hdr.extend_from_slice(&(big as u32).to_be_bytes());
+    hdr.extend_from_slice(&id.to_be_bytes());
+    hdr.extend_from_slice(&[1, 0]);
+    let mut out = BytesMut::new();
+    mux::encode_message(1, &hdr, &mut out);
+    let body = vec![0u8; big];
+    for chunk in body.chunks(1 << 20) {
+        mux::encode_message(1, chunk, &mut out);
+    }
+    rt.send_raw(&out).await;
+    let (sid, resp) = rt.read_response().await;
+    assert_eq!((sid, code_of(&resp)), (id, 8));
+
+    // Frames for unknown virtual connections are dropped.
+    let mut out = BytesMut::new();
+    mux::encode_message(7, b"whatever", &mut out);
+    mux::encode_message(0, b"", &mut out);
+    rt.send_raw(&out).await;
+
+    still_serving(&mut rt).await;
+    drop(rt);
+    assert!(matches!(task.await.unwrap(), Ok(true)));
+}
+
+#[tokio::test]
+async fn mux_length_over_the_limit_ends_the_session_with_a_clear_error() {
+    let (mut rt, task) = stub_pair();
+    handshake(&mut rt).await;
+    rt.send_raw(&[0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff]).await;
+    let err = tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            nri::Error::FrameTooLarge {
+                conn_id: 1,
+                len: 0xffff_ffff,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("limit"), "{err}");
+}
+
+#[tokio::test]
+async fn truncated_header_and_truncated_frame_are_reported() {
+    let (mut rt, task) = stub_pair();
+    handshake(&mut rt).await;
+    rt.send_raw(&[0, 0, 0]).await;
+    drop(rt);
+    let err = task.await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, nri::Error::TruncatedHeader { got: 3 }),
+        "{err}"
+    );
+
+    let (mut rt, task) = stub_pair();
+    handshake(&mut rt).await;
+    rt.send_raw(&[0, 0, 0, 1, 0, 0, 0, 100, 1, 2]).await;
+    drop(rt);
+    let err = task.await.unwrap().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            nri::Error::TruncatedFrame {
+                conn_id: 1,
+                got: 2,
+                want: 100
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn garbage_before_registration_does_not_panic() {
+    // Random bytes as the very first thing the stub hears.
+    let (mut rt, task) = stub_pair();
+    let (_, h, _) = rt.read_msg().await; // RegisterPlugin
+    assert_eq!(h.ty, MessageType::Request);
+    rt.send_raw(b"\x00\x00\x00\x02\x00\x00\x00\x04\xde\xad\xbe\xef\x00\x00\x00\x02\x00\x00\x00\x06\x00\x00\x00\x01\x02\x00").await;
+    drop(rt);
+    let res = tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(res.is_err(), "{res:?}");
+}
+
+#[tokio::test]
+async fn registration_refused_by_the_runtime_is_an_error() {
+    let (mut rt, task) = stub_pair();
+    let _ = rt.read_msg().await;
+    let st = nri::Status::invalid_argument("plugin name taken");
+    rt.send_msg(2, 1, MessageType::Response, &ttrpc::error_response(&st))
+        .await;
+    let err = task.await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Some(nri::Code::InvalidArgument));
+    assert!(
+        err.to_string().contains("RegisterPlugin") && err.to_string().contains("plugin name taken"),
+        "{err}"
+    );
+    let _ = Empty::default();
+}
