@@ -228,6 +228,7 @@ impl Lifecycle {
             h.abort();
             tracing::info!(addr = %self.addr, "API server stand-in down");
         }
+        self.shared.changes.bump();
     }
 
     fn is_up(&self) -> bool {
@@ -251,6 +252,8 @@ impl Lifecycle {
             Some(_) => handle.abort(),
             None => *server = Some(handle),
         }
+        drop(server);
+        self.shared.changes.bump();
         tracing::info!(addr = %self.addr, "API server stand-in back up");
         Ok(())
     }

@@ -713,6 +713,18 @@ impl Store {
             .unwrap_or_default();
         let mut owners = stored.device_owners.clone();
         let applied_keys: Vec<DeviceKey> = applied_devices.iter().map(device_key).collect();
+        for (i, k) in applied_keys.iter().enumerate() {
+            if applied_keys[..i].contains(k) {
+                return Err(ApiError::invalid(
+                    resource,
+                    name,
+                    &[Cause::duplicate(
+                        format!("status.devices[{i}]"),
+                        format!("{}/{}/{}", k.0, k.1, k.2),
+                    )],
+                ));
+            }
+        }
         let mut conflict_owner = None;
         for (d, k) in applied_devices.iter().zip(&applied_keys) {
             if let Some(owner) = owners.get(k)

@@ -66,9 +66,15 @@ async fn deadline<T>(
     timeout: Duration,
     call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 ) -> Result<T, KubeletError> {
+    let started = tokio::time::Instant::now();
     match tokio::time::timeout(timeout, call).await {
         Ok(Ok(resp)) => Ok(resp.into_inner()),
-        Ok(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => {
+        // The client enforces the grpc-timeout itself (tonic reports it as Cancelled); the server
+        // may answer DeadlineExceeded first.
+        Ok(Err(status))
+            if status.code() == tonic::Code::DeadlineExceeded
+                || (status.code() == tonic::Code::Cancelled && started.elapsed() >= timeout) =>
+        {
             Err(KubeletError::Timeout {
                 driver: plugin.driver.clone(),
                 method,

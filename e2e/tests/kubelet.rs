@@ -1,0 +1,408 @@
+//! The kubelet simulator against a fake plugin on real unix sockets in a temp dir.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{FakeOptions, FakePlugin};
+use drakit_e2e::kubelet::{
+    ClaimRef, DraVersion, Health, HealthVersion, KubeletError, KubeletSim, KubeletSimConfig,
+    RegistrationEvent,
+};
+
+const DRIVER: &str = "net.drakit.dev";
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+    fn registry(&self) -> std::path::PathBuf {
+        self.dir.path().join("plugins_registry")
+    }
+    fn plugins(&self) -> std::path::PathBuf {
+        self.dir.path().join("plugins")
+    }
+    async fn kubelet(&self) -> KubeletSim {
+        KubeletSim::start(KubeletSimConfig::new(self.registry()))
+            .await
+            .unwrap()
+    }
+    async fn plugin(&self, opts: FakeOptions) -> FakePlugin {
+        FakePlugin::start(&self.registry(), &self.plugins(), opts).await
+    }
+}
+
+#[tokio::test]
+async fn registration_handshake() {
+    let env = Env::new();
+    let kubelet = env.kubelet().await;
+    let plugin = env.plugin(FakeOptions::new(DRIVER)).await;
+
+    let reg = kubelet.wait_for_driver(DRIVER, WAIT).await.unwrap();
+    assert_eq!(reg.driver, DRIVER);
+    assert_eq!(reg.version, DraVersion::V1);
+    assert_eq!(reg.endpoint, plugin.endpoint);
+    assert_eq!(reg.registration_socket, plugin.registration_socket);
+    assert_eq!(
+        reg.supported_versions,
+        vec!["v1.DRAPlugin".to_owned(), "v1beta1.DRAPlugin".to_owned()]
+    );
+    // The kubelet notifies after validating; the registration counts before the plugin hears of it.
+    kubelet
+        .wait_for_event(
+            WAIT,
+            |e| matches!(e, RegistrationEvent::Registered(p) if p.driver == DRIVER),
+        )
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(n) = plugin.seen().notifications.first().cloned() {
+            assert!(n.plugin_registered, "{n:?}");
+            assert!(n.error.is_empty());
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no NotifyRegistrationStatus"
+        );
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(kubelet.registered().len(), 1);
+}
+
+#[tokio::test]
+async fn version_negotiation_takes_first_supported() {
+    let env = Env::new();
+    let kubelet = env.kubelet().await;
+    let _a = env
+        .plugin(FakeOptions::new("a.drakit.dev").versions(&["v1beta1.DRAPlugin", "v1.DRAPlugin"]))
+        .await;
+    let _b = env
+        .plugin(FakeOptions::new("b.drakit.dev").versions(&["1.0.0", "v1.DRAPlugin"]))
+        .await;
+    let a = kubelet.wait_for_driver("a.drakit.dev", WAIT).await.unwrap();
+    let b = kubelet.wait_for_driver("b.drakit.dev", WAIT).await.unwrap();
+    assert_eq!(a.version, DraVersion::V1beta1);
+    assert_eq!(b.version, DraVersion::V1);
+
+    // A kubelet that only speaks v1beta1 (1.32/1.33) picks v1beta1 from a plugin listing v1 first.
+    let env2 = Env::new();
+    let mut config = KubeletSimConfig::new(env2.registry());
+    config.supported_versions = vec![DraVersion::V1beta1];
+    let old_kubelet = KubeletSim::start(config).await.unwrap();
+    let _c = env2.plugin(FakeOptions::new(DRIVER)).await;
+    let c = old_kubelet.wait_for_driver(DRIVER, WAIT).await.unwrap();
+    assert_eq!(c.version, DraVersion::V1beta1);
+}
+
+#[tokio::test]
+async fn rejections_are_notified_and_not_registered() {
+    let env = Env::new();
+    let kubelet = env.kubelet().await;
+
+    let bad_version = env
+        .plugin(FakeOptions::new("v2.drakit.dev").versions(&["v2.DRAPlugin"]))
+        .await;
+    let mut wrong_type = FakeOptions::new("csi.drakit.dev");
+    wrong_type.plugin_type = "CSIPlugin".to_owned();
+    let wrong_type = env.plugin(wrong_type).await;
+    let mut no_endpoint = FakeOptions::new("gone.drakit.dev");
+    no_endpoint.endpoint_override = Some("/nonexistent/drakit-e2e/dra.sock".to_owned());
+    let no_endpoint = env.plugin(no_endpoint).await;
+
+    let err = kubelet
+        .wait_for_rejection("v2.drakit.dev-reg.sock", WAIT)
+        .await
+        .unwrap();
+    assert!(err.contains("none of the supported versions"), "{err}");
+    let err = kubelet
+        .wait_for_rejection("csi.drakit.dev-reg.sock", WAIT)
+        .await
+        .unwrap();
+    assert!(err.contains("CSIPlugin"), "{err}");
+    let err = kubelet
+        .wait_for_rejection("gone.drakit.dev-reg.sock", WAIT)
+        .await
+        .unwrap();
+    assert!(err.contains("/nonexistent/drakit-e2e/dra.sock"), "{err}");
+
+    assert!(kubelet.registered().is_empty());
+    for p in [&bad_version, &wrong_type, &no_endpoint] {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(n) = p.seen().notifications.first().cloned() {
+                assert!(!n.plugin_registered, "{}: {n:?}", p.driver);
+                assert!(!n.error.is_empty());
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{}: no notification",
+                p.driver
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    assert!(matches!(
+        kubelet.prepare("v2.drakit.dev", &[]).await,
+        Err(KubeletError::NotRegistered { .. })
+    ));
+}
+
+#[tokio::test]
+async fn hidden_sockets_are_ignored() {
+    let env = Env::new();
+    let mut hidden = FakeOptions::new("hidden.drakit.dev");
+    hidden.registration_name = ".hidden-reg.sock".to_owned();
+    let _hidden = env.plugin(hidden).await;
+    // Created after the hidden one: any scan that sees it has seen the hidden one too.
+    let _visible = env.plugin(FakeOptions::new(DRIVER)).await;
+    let kubelet = env.kubelet().await;
+    kubelet.wait_for_driver(DRIVER, WAIT).await.unwrap();
+    assert!(kubelet.driver("hidden.drakit.dev").is_none());
+    assert!(
+        kubelet
+            .events()
+            .iter()
+            .all(|e| !format!("{e:?}").contains("hidden")),
+        "{:?}",
+        kubelet.events()
+    );
+}
+
+fn claims() -> Vec<ClaimRef> {
+    vec![
+        ClaimRef::new("default", "good", "uid-good"),
+        ClaimRef::new("default", "bad-config", "uid-bad"),
+        ClaimRef::new("ns2", "shared-nic", "uid-shared"),
+    ]
+}
+
+#[tokio::test]
+async fn prepare_and_unprepare_over_both_versions() {
+    let env = Env::new();
+    let kubelet = env.kubelet().await;
+    let plugin = env.plugin(FakeOptions::new(DRIVER)).await;
+    kubelet.wait_for_driver(DRIVER, WAIT).await.unwrap();
+
+    for version in [None, Some(DraVersion::V1), Some(DraVersion::V1beta1)] {
+        let results = kubelet
+            .prepare_with(DRIVER, &claims(), version)
+            .await
+            .unwrap();
+        assert_eq!(results.len(), 3, "{version:?}");
+        let good = results["uid-good"].as_ref().unwrap();
+        assert_eq!(good.len(), 1);
+        assert_eq!(good[0].device_name, "dev-good");
+        assert_eq!(good[0].pool_name, "pool-1");
+        assert_eq!(good[0].request_names, vec!["req".to_owned()]);
+        assert_eq!(
+            good[0].cdi_device_ids,
+            vec!["drakit.dev/fake=uid-good".to_owned()]
+        );
+        let err = results["uid-bad"].as_ref().unwrap_err();
+        assert!(err.contains("refused"), "{err}");
+        let shared = results["uid-shared"].as_ref().unwrap();
+        match version {
+            Some(DraVersion::V1beta1) => assert_eq!(shared[0].share_id, None),
+            _ => assert_eq!(shared[0].share_id.as_deref(), Some("share-uid-shared")),
+        }
+
+        let un = kubelet
+            .unprepare_with(DRIVER, &claims(), version)
+            .await
+            .unwrap();
+        assert_eq!(un["uid-good"], Ok(()));
+        assert!(un["uid-bad"].is_err());
+        assert_eq!(un["uid-shared"], Ok(()));
+    }
+    let calls: Vec<_> = plugin
+        .seen()
+        .calls
+        .iter()
+        .map(|(v, m, _)| (*v, *m))
+        .collect();
+    assert_eq!(
+        calls,
+        vec![
+            ("v1", "prepare"),
+            ("v1", "unprepare"),
+            ("v1", "prepare"),
+            ("v1", "unprepare"),
+            ("v1beta1", "prepare"),
+            ("v1beta1", "unprepare"),
+        ]
+    );
+    assert_eq!(
+        plugin.seen().calls[0].2,
+        vec![
+            "good".to_owned(),
+            "bad-config".to_owned(),
+            "shared-nic".to_owned()
+        ]
+    );
+}
+
+#[tokio::test]
+async fn version_not_advertised_is_refused() {
+    let env = Env::new();
+    let kubelet = env.kubelet().await;
+    let _p = env
+        .plugin(FakeOptions::new(DRIVER).versions(&["v1beta1.DRAPlugin"]))
+        .await;
+    kubelet.wait_for_driver(DRIVER, WAIT).await.unwrap();
+    let err = kubelet
+        .prepare_with(DRIVER, &claims(), Some(DraVersion::V1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, KubeletError::VersionUnavailable { .. }),
+        "{err}"
+    );
+    // The negotiated one works.
+    let ok = kubelet.prepare(DRIVER, &claims()).await.unwrap();
+    assert_eq!(ok.len(), 3);
+}
+
+#[tokio::test]
+async fn calls_carry_the_deadline() {
+    let env = Env::new();
+    let mut config = KubeletSimConfig::new(env.registry());
+    config.call_timeout = Duration::from_millis(300);
+    let kubelet = KubeletSim::start(config).await.unwrap();
+    let _p = env.plugin(FakeOptions::new(DRIVER)).await;
+    kubelet.wait_for_driver(DRIVER, WAIT).await.unwrap();
+    let err = kubelet
+        .prepare(
+            DRIVER,
+            &[ClaimRef::new("default", "slow-claim", "uid-slow")],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            KubeletError::Timeout {
+                method: "NodePrepareResources",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn removing_the_socket_deregisters() {
+    let env = Env::new();
+    let kubelet = env.kubelet().await;
+    let mut plugin = env.plugin(FakeOptions::new(DRIVER)).await;
+    kubelet.wait_for_driver(DRIVER, WAIT).await.unwrap();
+    plugin.remove_registration();
+    kubelet.wait_for_driver_gone(DRIVER, WAIT).await.unwrap();
+    assert!(
+        kubelet
+            .events()
+            .iter()
+            .any(|e| matches!(e, RegistrationEvent::Deregistered(p) if p.driver == DRIVER))
+    );
+    assert!(matches!(
+        kubelet.prepare(DRIVER, &claims()).await,
+        Err(KubeletError::NotRegistered { .. })
+    ));
+}
+
+#[tokio::test]
+async fn newest_instance_wins_during_a_rolling_update() {
+    let env = Env::new();
+    let kubelet = env.kubelet().await;
+    let mut old = FakeOptions::new(DRIVER);
+    old.registration_name = format!("{DRIVER}-pod-old-reg.sock");
+    old.endpoint_name = "dra-pod-old.sock".to_owned();
+    let old = env.plugin(old).await;
+    let first = kubelet.wait_for_driver(DRIVER, WAIT).await.unwrap();
+    assert_eq!(first.endpoint, old.endpoint);
+
+    let mut new = FakeOptions::new(DRIVER);
+    new.registration_name = format!("{DRIVER}-pod-new-reg.sock");
+    new.endpoint_name = "dra-pod-new.sock".to_owned();
+    let mut new = env.plugin(new).await;
+    let new_endpoint = new.endpoint.clone();
+    kubelet
+        .wait_for_event(
+            WAIT,
+            |e| matches!(e, RegistrationEvent::Registered(p) if p.endpoint == new_endpoint),
+        )
+        .await
+        .unwrap();
+    assert_eq!(kubelet.driver(DRIVER).unwrap().endpoint, new.endpoint);
+    kubelet.prepare(DRIVER, &claims()).await.unwrap();
+    assert_eq!(new.seen().calls.len(), 1);
+    assert_eq!(old.seen().calls.len(), 0);
+
+    // The new pod goes away: calls fall back to the old instance.
+    new.stop_endpoint();
+    new.remove_registration();
+    let old_endpoint = old.endpoint.clone();
+    kubelet
+        .wait_for_event(
+            WAIT,
+            |e| matches!(e, RegistrationEvent::Deregistered(p) if p.endpoint != old_endpoint),
+        )
+        .await
+        .unwrap();
+    assert_eq!(kubelet.driver(DRIVER).unwrap().endpoint, old.endpoint);
+    kubelet.prepare(DRIVER, &claims()).await.unwrap();
+    assert_eq!(old.seen().calls.len(), 1);
+}
+
+#[tokio::test]
+async fn health_streams_over_both_versions() {
+    let env = Env::new();
+    let kubelet = env.kubelet().await;
+    let plugin = env.plugin(FakeOptions::new(DRIVER)).await;
+    kubelet.wait_for_driver(DRIVER, WAIT).await.unwrap();
+
+    let alpha = kubelet
+        .watch_health(DRIVER, HealthVersion::V1alpha1)
+        .await
+        .unwrap();
+    let v1 = kubelet
+        .watch_health(DRIVER, HealthVersion::V1)
+        .await
+        .unwrap();
+    assert_eq!(
+        plugin.send_health(&[("pool-1", "eth1", 1), ("pool-1", "eth2", 2)]),
+        2
+    );
+    assert_eq!(plugin.send_health(&[("pool-1", "eth2", 1)]), 2);
+
+    let got = alpha.wait_for_updates(2, WAIT).await.unwrap();
+    assert_eq!(got[0].devices.len(), 2);
+    assert_eq!(got[0].devices[0].device_name, "eth1");
+    assert_eq!(got[0].devices[0].health, Health::Healthy);
+    assert_eq!(got[0].devices[1].health, Health::Unhealthy);
+    assert_eq!(got[0].devices[0].health_check_timeout_seconds, 30);
+    assert_eq!(got[1].devices[0].health, Health::Healthy);
+
+    let got = v1
+        .wait_for(WAIT, |u| {
+            u.devices
+                .iter()
+                .any(|d| d.device_name == "eth2" && d.health == Health::Healthy)
+        })
+        .await
+        .unwrap();
+    assert_eq!(got.devices[0].message, "fake v1");
+    assert!(v1.ended().is_none());
+}
