@@ -62,41 +62,7 @@ pub(super) async fn handle(
             let Ok(obj) = parsed else {
                 return err(ApiError::bad_request("body must be a JSON object"));
             };
-            let api_version = obj
-                .get("apiVersion")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            let kind = obj.get("kind").and_then(Value::as_str).unwrap_or_default();
-            let Some(resource) = Resource::from_kind(api_version, kind) else {
-                return err(ApiError::bad_request(format!(
-                    "cannot seed {api_version} {kind}"
-                )));
-            };
-            let uid = obj
-                .pointer("/metadata/uid")
-                .and_then(Value::as_str)
-                .map(str::to_owned);
-            let result = {
-                let mut store = shared.store();
-                store.seed(resource, obj).map(|stored| {
-                    match (
-                        &uid,
-                        stored
-                            .pointer("/metadata/namespace")
-                            .and_then(Value::as_str),
-                        stored.pointer("/metadata/name").and_then(Value::as_str),
-                    ) {
-                        (Some(uid), ns, Some(name)) => {
-                            let ns = ns.unwrap_or_default().to_owned();
-                            let name = name.to_owned();
-                            store.set_uid(resource, &ns, &name, uid).unwrap_or(stored)
-                        }
-                        _ => stored,
-                    }
-                })
-            };
-            shared.changes.bump();
-            match result {
+            match super::seed_raw(shared, obj) {
                 Ok(v) => json_response(201, &v),
                 Err(e) => err(e),
             }

@@ -410,6 +410,27 @@ impl ApiServerSim {
         }
     }
 
+    /// Inserts (or replaces) any served object given as JSON (`apiVersion` + `kind` pick the
+    /// resource); a UID in the object is kept. Returns the stored JSON.
+    pub fn insert_raw(&self, object: Value) -> Result<Value, ApiServerError> {
+        let name = object
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let stored = seed_raw(&self.shared, object).map_err(|e| ApiServerError::Seed {
+            kind: "object",
+            name,
+            message: e
+                .body
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+        })?;
+        Ok(stored)
+    }
+
     /// Removes an object the way DELETE does (watchers see it go). Returns whether it existed.
     pub fn remove(&self, resource: Resource, namespace: &str, name: &str) -> bool {
         let ns = if resource.namespaced() { namespace } else { "" };
@@ -562,6 +583,49 @@ fn go_down_for(lifecycle: &Arc<Lifecycle>, downtime: Duration) {
             tracing::warn!(error = %e, "API server stand-in could not come back");
         }
     });
+}
+
+/// Seeds one object of any served kind, keeping a UID it carries.
+pub(crate) fn seed_raw(shared: &Shared, object: Value) -> Result<Value, status::ApiError> {
+    let api_version = object
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let kind = object
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let Some(resource) = Resource::from_kind(api_version, kind) else {
+        return Err(status::ApiError::bad_request(format!(
+            "cannot seed {api_version:?} {kind:?}: only v1 Node, resource.k8s.io/v1 ResourceClaim and ResourceSlice are served"
+        )));
+    };
+    let uid = object
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned);
+    let result = {
+        let mut store = shared.store();
+        store.seed(resource, object).map(|stored| {
+            let ns = stored
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let name = stored
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            match &uid {
+                Some(uid) => store.set_uid(resource, &ns, &name, uid).unwrap_or(stored),
+                None => stored,
+            }
+        })
+    };
+    shared.changes.bump();
+    result
 }
 
 /// A kubeconfig for `server` with no authentication.

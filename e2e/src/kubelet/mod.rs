@@ -313,6 +313,26 @@ impl KubeletSim {
             })
     }
 
+    /// Waits until at least `count` events were recorded and returns them all.
+    pub async fn wait_for_event_count(
+        &self,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<Vec<RegistrationEvent>, KubeletError> {
+        self.shared
+            .changes
+            .wait_for(timeout, || {
+                let state = self.shared.lock();
+                (state.events.len() >= count)
+                    .then(|| state.events.iter().map(|(_, e)| e.clone()).collect())
+            })
+            .await
+            .ok_or_else(|| KubeletError::WaitTimeout {
+                what: format!("{count} plugin watcher events"),
+                after: timeout,
+            })
+    }
+
     /// Waits until `driver` has no registered instance left.
     pub async fn wait_for_driver_gone(
         &self,
