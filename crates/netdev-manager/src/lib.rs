@@ -4,5 +4,9 @@
 //! - [`addr`]: CIDR and MAC parsing with the canonical text networkData needs.
 
 pub mod addr;
+pub mod cni;
+pub mod config;
 pub mod inventory;
+pub mod manager;
 pub mod netlink;
+pub mod store;

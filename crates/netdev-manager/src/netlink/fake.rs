@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{
     EEXIST, EINVAL, ENODEV, EOPNOTSUPP, LinkChange, LinkInfo, LinkKind, NetlinkError, NewLink,
-    RouteSpec,
+    RouteSpec, VfSettings,
 };
 use crate::addr::{IpNet, Mac};
 
@@ -34,6 +34,7 @@ struct World {
     next_mac: u64,
     /// Fail the n-th next mutating call (for crash/rollback tests).
     fail_ops: BTreeMap<String, u32>,
+    vf_settings: BTreeMap<(u32, u32), VfSettings>,
 }
 
 /// A handle on one namespace of a shared in-memory world.
@@ -175,6 +176,11 @@ impl FakeNetlink {
             world: self.world.clone(),
             ns: ns.into(),
         }
+    }
+
+    /// VF settings applied through PF `pf` for VF `vf`.
+    pub fn vf_settings(&self, pf: u32, vf: u32) -> Option<VfSettings> {
+        lock(&self.world).vf_settings.get(&(pf, vf)).copied()
     }
 
     /// Routes recorded in this namespace.
@@ -505,6 +511,32 @@ impl super::Netlink for FakeNetlink {
             return Err(kerr(op, EEXIST, "File exists"));
         }
         routes.push(*route);
+        Ok(())
+    }
+
+    async fn set_vf(&self, pf_index: u32, vf: u32, s: &VfSettings) -> Result<(), NetlinkError> {
+        let mut w = lock(&self.world);
+        Self::check_fail(&mut w, "set_vf")?;
+        if !ns_mut(&mut w, &self.ns)?.contains_key(&pf_index) {
+            return Err(kerr(
+                format!("set VF {vf} on ifindex {pf_index}"),
+                ENODEV,
+                "No such device",
+            ));
+        }
+        let e = w.vf_settings.entry((pf_index, vf)).or_default();
+        if s.mac.is_some() {
+            e.mac = s.mac;
+        }
+        if s.vlan.is_some() {
+            e.vlan = s.vlan;
+        }
+        if s.trust.is_some() {
+            e.trust = s.trust;
+        }
+        if s.spoofchk.is_some() {
+            e.spoofchk = s.spoofchk;
+        }
         Ok(())
     }
 }

@@ -162,6 +162,15 @@ pub struct RouteSpec {
     pub oif: u32,
 }
 
+/// SR-IOV settings for one VF, set through its PF.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VfSettings {
+    pub mac: Option<Mac>,
+    pub vlan: Option<u16>,
+    pub trust: Option<bool>,
+    pub spoofchk: Option<bool>,
+}
+
 /// Ways to find a link.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkId {
@@ -229,6 +238,14 @@ pub trait Netlink: Send + Sync + Sized + 'static {
 
     fn add_route(&self, route: &RouteSpec)
     -> impl Future<Output = Result<(), NetlinkError>> + Send;
+
+    /// Sets MAC/VLAN/trust/spoofchk of VF `vf` on PF `pf_index` (`IFLA_VFINFO_LIST`).
+    fn set_vf(
+        &self,
+        pf_index: u32,
+        vf: u32,
+        s: &VfSettings,
+    ) -> impl Future<Output = Result<(), NetlinkError>> + Send;
 
     /// Finds one link by index, name or MAC.
     fn find_link(

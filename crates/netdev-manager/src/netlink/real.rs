@@ -20,6 +20,7 @@ use rtnetlink::{
 
 use super::{
     IpvlanMode, LinkChange, LinkInfo, LinkKind, MacvlanMode, NetlinkError, NewLink, RouteSpec,
+    VfSettings,
 };
 use crate::addr::{IpNet, Mac};
 
@@ -391,5 +392,36 @@ impl super::Netlink for RtNetlink {
             .execute()
             .await
             .map_err(|e| kernel(&op, e))
+    }
+
+    async fn set_vf(&self, pf_index: u32, vf: u32, s: &VfSettings) -> Result<(), NetlinkError> {
+        use netlink_packet_route::link::{
+            LinkVfInfo, VfInfo, VfInfoMac, VfInfoSpoofCheck, VfInfoTrust, VfInfoVlan,
+        };
+        let mut infos = Vec::new();
+        if let Some(m) = s.mac {
+            infos.push(VfInfo::Mac(VfInfoMac::new(vf, &m.0)));
+        }
+        if let Some(v) = s.vlan {
+            infos.push(VfInfo::Vlan(VfInfoVlan::new(vf, u32::from(v), 0)));
+        }
+        if let Some(t) = s.trust {
+            infos.push(VfInfo::Trust(VfInfoTrust::new(vf, t)));
+        }
+        if let Some(c) = s.spoofchk {
+            infos.push(VfInfo::SpoofCheck(VfInfoSpoofCheck::new(vf, c)));
+        }
+        if infos.is_empty() {
+            return Ok(());
+        }
+        let mut msg = LinkUnspec::new_with_index(pf_index).build();
+        msg.attributes
+            .push(LinkAttribute::VfInfoList(vec![LinkVfInfo(infos)]));
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| kernel(format!("set VF {vf} on PF ifindex {pf_index} ({s:?})"), e))
     }
 }
