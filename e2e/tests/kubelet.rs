@@ -406,3 +406,100 @@ async fn health_streams_over_both_versions() {
     assert_eq!(got.devices[0].message, "fake v1");
     assert!(v1.ended().is_none());
 }
+
+fn test_slice(
+    name: &str,
+    node: &str,
+    driver: &str,
+) -> k8s_openapi::api::resource::v1::ResourceSlice {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceSlice",
+        "metadata": { "name": name },
+        "spec": {
+            "driver": driver, "nodeName": node,
+            "pool": { "name": node, "generation": 1, "resourceSliceCount": 1 },
+            "devices": [{ "name": "dev0" }]
+        }
+    }))
+    .unwrap()
+}
+
+fn slice_names(api: &drakit_e2e::apiserver::ApiServerSim) -> Vec<String> {
+    api.slices()
+        .into_iter()
+        .map(|s| s.metadata.name.unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn kubelet_wipes_node_slices_at_start_and_after_a_driver_leaves() {
+    use drakit_e2e::apiserver::ApiServerSim;
+    use drakit_e2e::kubelet::ApiServerLink;
+
+    let api = ApiServerSim::start().await.unwrap();
+    api.insert_slice(&test_slice("n1-net", "node-1", DRIVER))
+        .unwrap();
+    api.insert_slice(&test_slice("n1-cpu", "node-1", "cpu.drakit.dev"))
+        .unwrap();
+    api.insert_slice(&test_slice("n2-net", "node-2", DRIVER))
+        .unwrap();
+
+    let env = Env::new();
+    let mut config = KubeletSimConfig::new(env.registry());
+    let mut link = ApiServerLink::new(api.url(), "node-1");
+    link.wipe_delay = Duration::from_millis(50);
+    config.api_server = Some(link);
+    let kubelet = KubeletSim::start(config).await.unwrap();
+
+    // At start: every slice of node-1 goes, node-2's stays.
+    let ev = kubelet
+        .wait_for_event(WAIT, |e| {
+            matches!(e, RegistrationEvent::SlicesWiped { driver: None, .. })
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        ev,
+        RegistrationEvent::SlicesWiped {
+            driver: None,
+            result: Ok(200)
+        }
+    );
+    assert_eq!(slice_names(&api), ["n2-net"]);
+    let wipe = &api.requests_matching("DELETE", "/resourceslices")[0];
+    assert_eq!(wipe.param("fieldSelector"), Some("spec.nodeName=node-1"));
+
+    // The plugin publishes, then its last instance leaves: its slices go after the delay,
+    // the other driver's stay.
+    let mut plugin = env.plugin(FakeOptions::new(DRIVER)).await;
+    kubelet.wait_for_driver(DRIVER, WAIT).await.unwrap();
+    api.insert_slice(&test_slice("n1-net", "node-1", DRIVER))
+        .unwrap();
+    api.insert_slice(&test_slice("n1-cpu", "node-1", "cpu.drakit.dev"))
+        .unwrap();
+    plugin.remove_registration();
+    let ev = kubelet
+        .wait_for_event(
+            WAIT,
+            |e| matches!(e, RegistrationEvent::SlicesWiped { driver: Some(d), .. } if d == DRIVER),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            ev,
+            RegistrationEvent::SlicesWiped {
+                result: Ok(200),
+                ..
+            }
+        ),
+        "{ev:?}"
+    );
+    assert_eq!(slice_names(&api), ["n1-cpu", "n2-net"]);
+    let wipes = api.requests_matching("DELETE", "/resourceslices");
+    assert_eq!(
+        wipes[1].param("fieldSelector"),
+        Some(format!("spec.nodeName=node-1,spec.driver={DRIVER}").as_str())
+    );
+}

@@ -10,7 +10,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use drakit_e2e::kubelet::{
-    ClaimRef, DraVersion, HealthVersion, KubeletSim, KubeletSimConfig, RegistrationEvent,
+    ApiServerLink, ClaimRef, DraVersion, HealthVersion, KubeletSim, KubeletSimConfig,
+    RegistrationEvent,
 };
 use serde_json::{Value, json};
 
@@ -38,6 +39,16 @@ struct Args {
         default_value = "v1,v1beta1"
     )]
     dra_versions: Vec<String>,
+    /// API server (http://host:port, no auth) for the kubelet's ResourceSlice clean-up; none when
+    /// unset.
+    #[arg(long, env = "KUBELET_SIM_APISERVER_URL", requires = "node_name")]
+    apiserver_url: Option<String>,
+    /// The node whose slices are cleaned up.
+    #[arg(long, env = "KUBELET_SIM_NODE_NAME")]
+    node_name: Option<String>,
+    /// Delay before a gone driver's slices are deleted.
+    #[arg(long, env = "KUBELET_SIM_SLICE_WIPE_DELAY_SECS", default_value_t = 30)]
+    slice_wipe_delay_secs: u64,
     /// How long to wait for the driver to register (prepare/unprepare/health).
     #[arg(long, env = "KUBELET_SIM_WAIT_SECS", default_value_t = 60)]
     wait_secs: u64,
@@ -116,6 +127,10 @@ fn event_json(e: &RegistrationEvent) -> Value {
         RegistrationEvent::Deregistered(p) => json!({
             "event": "deregistered", "driver": p.driver, "socket": p.registration_socket,
         }),
+        RegistrationEvent::SlicesWiped { driver, result } => match result {
+            Ok(status) => json!({ "event": "slices-wiped", "driver": driver, "status": status }),
+            Err(e) => json!({ "event": "slices-wiped", "driver": driver, "error": e }),
+        },
     }
 }
 
@@ -148,6 +163,11 @@ async fn main() -> Result<()> {
         .iter()
         .map(|v| dra_version(v))
         .collect::<Result<_>>()?;
+    if let (Some(url), Some(node)) = (&args.apiserver_url, &args.node_name) {
+        let mut link = ApiServerLink::new(url, node);
+        link.wipe_delay = Duration::from_secs(args.slice_wipe_delay_secs);
+        config.api_server = Some(link);
+    }
     let kubelet = KubeletSim::start(config).await?;
     let wait = Duration::from_secs(args.wait_secs);
 

@@ -24,6 +24,7 @@
 
 mod dra;
 mod health;
+mod slices;
 mod watcher;
 
 use std::collections::BTreeMap;
@@ -38,6 +39,7 @@ use crate::wait::Changes;
 
 pub use dra::{ClaimRef, PrepareResults, PreparedDevice, UnprepareResults};
 pub use health::{DeviceHealthReport, Health, HealthUpdate, HealthWatch};
+pub use slices::ApiServerLink;
 
 /// The kubelet's deadline for one NodePrepareResources / NodeUnprepareResources call.
 pub const KUBELET_DRA_CALL_TIMEOUT: Duration = Duration::from_secs(45);
@@ -91,6 +93,10 @@ pub struct KubeletSimConfig {
     /// The DRAPlugin versions this kubelet speaks (the plugin's first listed entry that is in here
     /// wins). The real kubelet speaks both.
     pub supported_versions: Vec<DraVersion>,
+    /// When set, the simulator also does the kubelet's ResourceSlice clean-up against this API
+    /// server (all of the node's slices at start; a driver's slices `wipe_delay` after its last
+    /// instance deregistered).
+    pub api_server: Option<ApiServerLink>,
 }
 
 impl KubeletSimConfig {
@@ -102,6 +108,7 @@ impl KubeletSimConfig {
             call_timeout: KUBELET_DRA_CALL_TIMEOUT,
             registration_timeout: Duration::from_secs(10),
             supported_versions: vec![DraVersion::V1, DraVersion::V1beta1],
+            api_server: None,
         }
     }
 }
@@ -142,6 +149,12 @@ pub enum RegistrationEvent {
     },
     /// The registration socket went away.
     Deregistered(RegisteredPlugin),
+    /// The node's ResourceSlices (of `driver`, or all when `None`) were deleted through the API
+    /// server: `Ok(HTTP status)` or `Err(what failed)`.
+    SlicesWiped {
+        driver: Option<String>,
+        result: Result<u16, String>,
+    },
 }
 
 /// Errors of the kubelet simulator; each names the driver or socket involved.
@@ -191,6 +204,8 @@ struct State {
     instances: BTreeMap<PathBuf, Instance>,
     events: Vec<(SystemTime, RegistrationEvent)>,
     next_sequence: u64,
+    /// Drivers whose slices are due to be wiped, with the token of the pending wipe.
+    pending_wipes: BTreeMap<String, u64>,
 }
 
 #[derive(Debug)]

@@ -12,7 +12,7 @@ use drakit_proto::pluginregistration::{
 };
 use tokio::time::Instant;
 
-use super::{DraVersion, Instance, RegisteredPlugin, RegistrationEvent, Shared};
+use super::{DraVersion, Instance, RegisteredPlugin, RegistrationEvent, Shared, slices};
 use crate::grpc;
 
 /// Identity of a socket file: a remove + re-create between two scans shows as a new inode.
@@ -41,6 +41,13 @@ impl Seen {
 }
 
 pub(super) async fn run(shared: Arc<Shared>) {
+    if let Some(link) = &shared.config.api_server {
+        let result = slices::wipe(link, None).await;
+        shared.record(RegistrationEvent::SlicesWiped {
+            driver: None,
+            result,
+        });
+    }
     let mut seen: BTreeMap<PathBuf, Seen> = BTreeMap::new();
     let mut ticker = tokio::time::interval(shared.config.poll_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -71,7 +78,7 @@ fn list_sockets(dir: &Path) -> BTreeMap<PathBuf, FileId> {
     found
 }
 
-async fn scan(shared: &Shared, seen: &mut BTreeMap<PathBuf, Seen>) {
+async fn scan(shared: &Arc<Shared>, seen: &mut BTreeMap<PathBuf, Seen>) {
     let present = list_sockets(&shared.config.registry_dir);
 
     // Gone or replaced: deregister.
@@ -84,7 +91,9 @@ async fn scan(shared: &Shared, seen: &mut BTreeMap<PathBuf, Seen>) {
         if let Some(Seen::Registered(_)) = seen.remove(&path) {
             let removed = shared.lock().instances.remove(&path);
             if let Some(instance) = removed {
+                let driver = instance.plugin.driver.clone();
                 shared.record(RegistrationEvent::Deregistered(instance.plugin));
+                schedule_wipe(shared, &driver);
             }
         }
     }
@@ -107,13 +116,17 @@ async fn scan(shared: &Shared, seen: &mut BTreeMap<PathBuf, Seen>) {
         let state = match outcome {
             Outcome::Registered(plugin) => {
                 let channel = grpc::connect_unix_lazy(&plugin.endpoint);
-                shared.lock().instances.insert(
-                    path.clone(),
-                    Instance {
-                        plugin: plugin.clone(),
-                        channel,
-                    },
-                );
+                {
+                    let mut state = shared.lock();
+                    state.pending_wipes.remove(&plugin.driver);
+                    state.instances.insert(
+                        path.clone(),
+                        Instance {
+                            plugin: plugin.clone(),
+                            channel,
+                        },
+                    );
+                }
                 shared.record(RegistrationEvent::Registered(plugin));
                 Seen::Registered(id)
             }
@@ -141,6 +154,39 @@ async fn scan(shared: &Shared, seen: &mut BTreeMap<PathBuf, Seen>) {
         };
         seen.insert(path, state);
     }
+}
+
+/// After the last instance of `driver` went away: wipe its slices after the delay unless it
+/// registers again first.
+fn schedule_wipe(shared: &Arc<Shared>, driver: &str) {
+    let Some(link) = shared.config.api_server.clone() else {
+        return;
+    };
+    let token = {
+        let mut state = shared.lock();
+        if state.instances.values().any(|i| i.plugin.driver == driver) {
+            return;
+        }
+        state.next_sequence += 1;
+        let token = state.next_sequence;
+        state.pending_wipes.insert(driver.to_owned(), token);
+        token
+    };
+    let shared = Arc::clone(shared);
+    let driver = driver.to_owned();
+    tokio::spawn(async move {
+        tokio::time::sleep(link.wipe_delay).await;
+        let due = shared.lock().pending_wipes.get(&driver) == Some(&token);
+        if !due {
+            return;
+        }
+        shared.lock().pending_wipes.remove(&driver);
+        let result = slices::wipe(&link, Some(&driver)).await;
+        shared.record(RegistrationEvent::SlicesWiped {
+            driver: Some(driver),
+            result,
+        });
+    });
 }
 
 enum Outcome {
