@@ -14,7 +14,7 @@ use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use crate::error::{Error, Result};
 use crate::mux::{self, FrameDecoder};
@@ -91,11 +91,6 @@ struct Counters {
     server_timeouts: AtomicU64,
 }
 
-struct Outgoing {
-    conn_id: u32,
-    frame: Vec<u8>,
-}
-
 #[derive(Default)]
 struct Pending {
     calls: HashMap<u32, oneshot::Sender<Result<Response>>>,
@@ -104,7 +99,8 @@ struct Pending {
 
 struct Shared {
     side: Side,
-    out: mpsc::UnboundedSender<Outgoing>,
+    /// The trunk's write half; `None` once closed. Each message is written whole under the lock.
+    writer: Arc<tokio::sync::Mutex<Option<OwnedWriteHalf>>>,
     pending: Mutex<Pending>,
     next_stream: AtomicU32,
     closed_tx: watch::Sender<Option<Error>>,
@@ -127,15 +123,63 @@ impl Shared {
             let _ = tx.send(Err(reason.clone()));
         }
         self.closed_tx.send_replace(Some(reason));
+        // Dropping the write half shuts down our sending direction: the peer sees EOF.
+        match self.writer.try_lock() {
+            Ok(mut w) => drop(w.take()),
+            Err(_) => {
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    let writer = self.writer.clone();
+                    rt.spawn(async move { drop(writer.lock().await.take()) });
+                }
+            }
+        }
     }
 
-    fn send(&self, conn_id: u32, frame: Vec<u8>) {
-        // A send error means the writer is gone, i.e. the connection is closing anyway.
-        let _ = self.out.send(Outgoing { conn_id, frame });
+    /// Queue one ttrpc message (as mux frames) on the trunk. Never blocks and cannot be
+    /// cancelled half-way: when the socket takes the whole message at once (the common case) it
+    /// is written right here; otherwise a task finishes the write while holding the writer lock,
+    /// so messages are never interleaved.
+    fn send(self: &Arc<Self>, conn_id: u32, frame: &[u8]) {
+        let mut buf = BytesMut::with_capacity(frame.len() + 2 * mux::HEADER_LEN);
+        mux::encode_message(conn_id, frame, &mut buf);
+        let guard = match self.writer.clone().try_lock_owned() {
+            Ok(mut guard) => {
+                let Some(w) = guard.as_mut() else {
+                    return;
+                };
+                match w.try_write(&buf) {
+                    Ok(n) if n == buf.len() => return,
+                    Ok(n) => {
+                        let _ = buf.split_to(n);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => {
+                        drop(guard);
+                        self.close(Error::io("writing to the NRI socket", e));
+                        return;
+                    }
+                }
+                Some(guard)
+            }
+            Err(_) => None,
+        };
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut guard = match guard {
+                Some(g) => g,
+                None => me.writer.clone().lock_owned().await,
+            };
+            let Some(w) = guard.as_mut() else {
+                return;
+            };
+            if let Err(e) = w.write_all(&buf).await {
+                drop(guard);
+                me.close(Error::io("writing to the NRI socket", e));
+            }
+        });
     }
 
-    fn respond(&self, stream_id: u32, resp: &Response) {
-        let conn = self.side.server_conn();
+    fn response_frame(stream_id: u32, resp: &Response) -> Vec<u8> {
         let mut frame = ttrpc::encode_frame(stream_id, MessageType::Response, resp);
         if frame.len() - ttrpc::HEADER_LEN > ttrpc::MAX_DATA_LEN {
             let st = Status::new(
@@ -152,7 +196,7 @@ impl Shared {
                 &ttrpc::error_response(&st),
             );
         }
-        self.send(conn, frame);
+        frame
     }
 }
 
@@ -191,22 +235,20 @@ impl Connection {
     /// Must be called inside a tokio runtime.
     pub fn spawn(stream: UnixStream, side: Side, handler: Arc<dyn Handler>) -> Connection {
         let (rd, wr) = stream.into_split();
-        let (out_tx, out_rx) = mpsc::unbounded_channel();
         let (closed_tx, _) = watch::channel(None);
         let shared = Arc::new(Shared {
             side,
-            out: out_tx,
+            writer: Arc::new(tokio::sync::Mutex::new(Some(wr))),
             pending: Mutex::new(Pending::default()),
             next_stream: AtomicU32::new(1),
             closed_tx,
             counters: Counters::default(),
         });
         let reader = tokio::spawn(read_loop(rd, shared.clone(), handler));
-        let writer = tokio::spawn(write_loop(wr, out_rx, shared.clone()));
         Connection {
             inner: Arc::new(Inner {
                 shared,
-                tasks: vec![reader.abort_handle(), writer.abort_handle()],
+                tasks: vec![reader.abort_handle()],
             }),
         }
     }
@@ -248,7 +290,7 @@ impl Connection {
             }
             p.calls.insert(stream_id, tx);
         }
-        shared.send(shared.side.client_conn(), frame);
+        shared.send(shared.side.client_conn(), &frame);
         let resp = match timeout {
             Some(t) => match tokio::time::timeout(t, rx).await {
                 Ok(r) => r,
@@ -326,37 +368,6 @@ impl Connection {
     }
 }
 
-async fn write_loop(
-    mut wr: OwnedWriteHalf,
-    mut rx: mpsc::UnboundedReceiver<Outgoing>,
-    shared: Arc<Shared>,
-) {
-    let mut closed = shared.closed_tx.subscribe();
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    loop {
-        let first = tokio::select! {
-            m = rx.recv() => m,
-            _ = closed.wait_for(Option::is_some) => None,
-        };
-        let Some(first) = first else {
-            break;
-        };
-        buf.clear();
-        mux::encode_message(first.conn_id, &first.frame, &mut buf);
-        while buf.len() < 256 * 1024 {
-            match rx.try_recv() {
-                Ok(m) => mux::encode_message(m.conn_id, &m.frame, &mut buf),
-                Err(_) => break,
-            }
-        }
-        if let Err(e) = wr.write_all(&buf).await {
-            shared.close(Error::io("writing to the NRI socket", e));
-            break;
-        }
-    }
-    let _ = wr.shutdown().await;
-}
-
 async fn read_loop(mut rd: OwnedReadHalf, shared: Arc<Shared>, handler: Arc<dyn Handler>) {
     let reason = read_frames(&mut rd, &shared, &handler).await;
     if let Err(e) = &reason {
@@ -415,13 +426,14 @@ async fn read_frames(
     }
 }
 
-fn reject(shared: &Shared, stream_id: u32, status: Status) {
+fn reject(shared: &Arc<Shared>, stream_id: u32, status: Status) {
     shared
         .counters
         .rejected_requests
         .fetch_add(1, Ordering::Relaxed);
     tracing::warn!(stream_id, %status, "rejecting ttrpc request");
-    shared.respond(stream_id, &ttrpc::error_response(&status));
+    let frame = Shared::response_frame(stream_id, &ttrpc::error_response(&status));
+    shared.send(shared.side.server_conn(), &frame);
 }
 
 fn on_request(shared: &Arc<Shared>, handler: &Arc<dyn Handler>, msg: Incoming, last_id: &mut u32) {
@@ -522,7 +534,8 @@ fn on_request(shared: &Arc<Shared>, handler: &Arc<dyn Handler>, msg: Incoming, l
             Ok(payload) => ttrpc::ok_response(payload),
             Err(st) => ttrpc::error_response(&st),
         };
-        shared.respond(id, &resp);
+        let frame = Shared::response_frame(id, &resp);
+        shared.send(shared.side.server_conn(), &frame);
     });
 }
 

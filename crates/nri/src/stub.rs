@@ -775,3 +775,99 @@ impl SessionShared {
         Some(std::mem::take(&mut *buf))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: std::collections::HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn env_and_argv0_rules() {
+        // Runtime-launched: everything from the environment, fd transport.
+        let c = StubConfig::from_vars(
+            vars(&[
+                ("NRI_PLUGIN_SOCKET", "3"),
+                ("NRI_PLUGIN_NAME", "dra"),
+                ("NRI_PLUGIN_IDX", "10"),
+            ]),
+            Some("/opt/nri/plugins/10-dra"),
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            (c.name.as_str(), c.index.as_str(), &c.transport),
+            ("dra", "10", &Transport::Fd(3))
+        );
+
+        // argv[0] IDX-NAME fallback, dial the default socket.
+        let c = StubConfig::from_vars(
+            vars(&[("NRI_PLUGIN_SOCKET", "")]),
+            Some("/usr/bin/05-net-attach"),
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!((c.name.as_str(), c.index.as_str()), ("net-attach", "05"));
+        assert_eq!(
+            c.transport,
+            Transport::Socket(PathBuf::from(DEFAULT_SOCKET_PATH))
+        );
+
+        // Only the index known: the name is basename(argv0).
+        let c = StubConfig::from_vars(
+            vars(&[("NRI_PLUGIN_IDX", "42")]),
+            Some("/bin/drakit-nri"),
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!((c.name.as_str(), c.index.as_str()), ("drakit-nri", "42"));
+
+        // Explicit fallbacks beat argv0 but not the environment.
+        let c = StubConfig::from_vars(
+            vars(&[]),
+            Some("/bin/drakit-nri"),
+            Some("drakit"),
+            Some("50"),
+        )
+        .unwrap();
+        assert_eq!((c.name.as_str(), c.index.as_str()), ("drakit", "50"));
+
+        // Errors name the problem.
+        let e = StubConfig::from_vars(vars(&[]), Some("/bin/plain"), None, None).unwrap_err();
+        assert!(e.to_string().contains("index"), "{e}");
+        let e = StubConfig::from_vars(
+            vars(&[("NRI_PLUGIN_SOCKET", "x")]),
+            Some("/bin/10-a"),
+            None,
+            None,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("NRI_PLUGIN_SOCKET"), "{e}");
+        assert!(StubConfig::new("bad name", "10").is_err());
+        assert!(StubConfig::new("ok", "1").is_err());
+        assert!(StubConfig::new("ok", "1a").is_err());
+        assert!(StubConfig::new("a.b+c_d-e", "99").is_ok());
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_max() {
+        let b = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        };
+        assert_eq!(b.delay(0), Duration::from_millis(100));
+        assert_eq!(b.delay(1), Duration::from_millis(200));
+        assert_eq!(b.delay(3), Duration::from_millis(800));
+        assert_eq!(b.delay(4), Duration::from_secs(1));
+        assert_eq!(b.delay(u32::MAX), Duration::from_secs(1));
+    }
+}

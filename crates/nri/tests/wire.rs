@@ -343,6 +343,40 @@ async fn garbage_before_registration_does_not_panic() {
 }
 
 #[tokio::test]
+async fn shutdown_request_is_answered_and_stops_the_stub() {
+    let (mut rt, plugin) = {
+        let (rt, plugin) = UnixStream::pair().unwrap();
+        (
+            RawRuntime {
+                sock: rt,
+                next_id: 1,
+            },
+            plugin,
+        )
+    };
+    let cfg = StubConfig::new("wire", "10").unwrap();
+    let stub = Stub::new(Quiet, cfg);
+    let handle = stub.handle();
+    let task = tokio::spawn(async move {
+        // run() would dial; drive one session and report whether shutdown was requested.
+        stub.serve(plugin).await
+    });
+    handshake(&mut rt).await;
+    let id = rt
+        .request("Shutdown", Empty::default().encode_to_vec())
+        .await;
+    let (sid, resp) = rt.read_response().await;
+    assert_eq!(sid, id);
+    assert!(resp.status.is_none() && resp.payload.is_empty());
+    let res = tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(res, Ok(true)), "{res:?}");
+    assert_eq!(handle.state(), nri::StubState::Disconnected);
+}
+
+#[tokio::test]
 async fn registration_refused_by_the_runtime_is_an_error() {
     let (mut rt, task) = stub_pair();
     let _ = rt.read_msg().await;

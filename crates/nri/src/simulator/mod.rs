@@ -375,16 +375,16 @@ impl Runtime {
     async fn synchronize(
         &self,
         conn: &Connection,
-        pods: Vec<PodSandbox>,
-        ctrs: Vec<Container>,
+        mut pods: Vec<PodSandbox>,
+        mut ctrs: Vec<Container>,
     ) -> Result<(Vec<ContainerUpdate>, usize)> {
         let timeout = Some(self.inner.cfg.request_timeout);
         let chunk = match self.inner.cfg.sync_chunk {
             Some(n) => n.max(1),
             None => {
                 let req = SynchronizeRequest {
-                    pods: pods.clone(),
-                    containers: ctrs.clone(),
+                    pods,
+                    containers: ctrs,
                     more: false,
                 };
                 match conn
@@ -395,6 +395,8 @@ impl Runtime {
                     Err(e) if e.code() == Some(Code::ResourceExhausted) => {
                         // Size chunks to about half the limit, at least 8 objects each.
                         let total = req.encoded_len().max(1);
+                        pods = req.pods;
+                        ctrs = req.containers;
                         let objects = (pods.len() + ctrs.len()).max(1);
                         let per = (ttrpc::MAX_DATA_LEN / 2) * objects / total;
                         per.max(8)
