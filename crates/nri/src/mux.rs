@@ -78,8 +78,12 @@ impl FrameDecoder {
         }
     }
 
-    /// The buffer to read socket bytes into.
+    /// The buffer to read socket bytes into (keeps at least 8 KiB of spare capacity so reads
+    /// are never tiny).
     pub fn buffer(&mut self) -> &mut BytesMut {
+        if self.buf.capacity() - self.buf.len() < 8 * 1024 {
+            self.buf.reserve(64 * 1024);
+        }
         &mut self.buf
     }
 

@@ -784,3 +784,67 @@ async fn prelaunched_plugin_over_inherited_fd() {
         "fd transport returns the connection error: {res:?}"
     );
 }
+
+#[tokio::test]
+async fn simulator_survives_a_garbage_peer() {
+    use tokio::io::AsyncWriteExt;
+    let env = runtime(SimConfig {
+        registration_timeout: Duration::from_millis(300),
+        ..Default::default()
+    })
+    .await;
+    // Unknown conn id, then a ttrpc request with a garbage envelope, then silence.
+    let mut bad = UnixStream::connect(&env.sock).await.unwrap();
+    bad.write_all(&[0, 0, 0, 9, 0, 0, 0, 2, 1, 2])
+        .await
+        .unwrap();
+    bad.write_all(&[
+        0, 0, 0, 2, 0, 0, 0, 13, 0, 0, 0, 3, 0, 0, 0, 1, 1, 0, 0xff, 0xff, 0xff,
+    ])
+    .await
+    .unwrap();
+    // A plugin that sends a truncated header and hangs up.
+    let mut cut = UnixStream::connect(&env.sock).await.unwrap();
+    cut.write_all(&[0, 0]).await.unwrap();
+    drop(cut);
+    // A real plugin still registers.
+    let plugin = Arc::new(Recorder::with_mask(EventMask::of(Event::CreateContainer)));
+    let (handle, _task) = start_stub(plugin, &env, "recorder", "10");
+    env.rt.wait_synced(1, WAIT).await.unwrap();
+    env.rt.add_pod(simulator::pod("p0", "pod", "default"));
+    let c = env
+        .rt
+        .create_container(simulator::container("c1", "p0", "x"), default_spec(&["a"]))
+        .await
+        .unwrap();
+    assert_eq!(c.adjustments.len(), 1);
+    // Both bad peers were rejected with a reason (no registration in time / truncated frame).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while env
+        .rt
+        .log()
+        .iter()
+        .filter(|l| l.contains("rejected"))
+        .count()
+        < 2
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let log = env.rt.log();
+    assert_eq!(
+        log.iter().filter(|l| l.contains("rejected")).count(),
+        2,
+        "{log:?}"
+    );
+    assert!(
+        log.iter().any(|l| l.contains("truncated mux frame header")),
+        "{log:?}"
+    );
+    assert!(
+        log.iter().any(|l| l.contains("did not register")),
+        "{log:?}"
+    );
+    drop(bad);
+    handle.shutdown();
+}

@@ -391,3 +391,47 @@ async fn registration_refused_by_the_runtime_is_an_error() {
     );
     let _ = Empty::default();
 }
+
+#[tokio::test]
+async fn stub_reconnects_after_a_malformed_trunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nri.sock");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let mut cfg = StubConfig::new("wire", "10").unwrap().with_socket(&path);
+    cfg.reconnect = Some(nri::Backoff {
+        initial: Duration::from_millis(10),
+        max: Duration::from_millis(50),
+    });
+    let stub = Stub::new(Quiet, cfg);
+    let handle = stub.handle();
+    let task = tokio::spawn(stub.run());
+
+    // First connection: a mux frame announcing 4 GiB. The stub must drop it and dial again.
+    let (s, _) = listener.accept().await.unwrap();
+    let mut rt = RawRuntime {
+        sock: s,
+        next_id: 1,
+    };
+    let _ = rt.read_msg().await;
+    rt.send_raw(&[0, 0, 0, 2, 0xff, 0xff, 0xff, 0xf0]).await;
+
+    // Second connection: a normal handshake works.
+    let (s, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut rt = RawRuntime {
+        sock: s,
+        next_id: 1,
+    };
+    handshake(&mut rt).await;
+    still_serving(&mut rt).await;
+    handle.wait_synchronized().await.unwrap();
+    assert_eq!(handle.connections(), 2);
+    handle.shutdown();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
