@@ -304,7 +304,7 @@ impl Runtime {
         let reg = tokio::select! {
             r = tokio::time::timeout(cfg.registration_timeout, rx) => match r {
                 Ok(Ok(r)) => r,
-                Ok(Err(_)) => return Err(Error::Closed),
+                Ok(Err(_)) => return Err(conn.closed().await),
                 Err(_) => return Err(Error::Protocol(format!("plugin did not register within {:?}", cfg.registration_timeout))),
             },
             e = conn.closed() => return Err(e),
