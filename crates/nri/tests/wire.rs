@@ -435,3 +435,73 @@ async fn stub_reconnects_after_a_malformed_trunk() {
         .unwrap()
         .unwrap();
 }
+
+/// Returns an adjustment with a 10 KB annotation.
+struct Big;
+impl Plugin for Big {
+    fn events(&self) -> EventMask {
+        EventMask::of(Event::CreateContainer)
+    }
+    async fn create_container(
+        &self,
+        _: &drakit_proto::nri::PodSandbox,
+        _: &drakit_proto::nri::Container,
+    ) -> nri::HookResult<drakit_proto::nri::CreateContainerResponse> {
+        let mut a = nri::Adjustment::new();
+        a.add_annotation("big", "b".repeat(10_000));
+        Ok(a.into())
+    }
+}
+
+#[tokio::test]
+async fn large_replies_are_split_like_go_writes_them() {
+    let (rt, plugin) = UnixStream::pair().unwrap();
+    let mut rt = RawRuntime {
+        sock: rt,
+        next_id: 1,
+    };
+    let mut cfg = StubConfig::new("wire", "10").unwrap();
+    cfg.reconnect = None;
+    let task = tokio::spawn(async move { Stub::new(Big, cfg).serve(plugin).await });
+    // Minimal handshake (Big subscribes to CreateContainer only).
+    let _ = rt.read_msg().await;
+    rt.send_msg(2, 1, MessageType::Response, &ttrpc::ok_response(Vec::new()))
+        .await;
+    let id = rt
+        .request("Configure", ConfigureRequest::default().encode_to_vec())
+        .await;
+    let (sid, _) = rt.read_response().await;
+    assert_eq!(sid, id);
+    let _ = rt
+        .request("Synchronize", SynchronizeRequest::default().encode_to_vec())
+        .await;
+    let _ = rt.read_response().await;
+
+    let _ = rt
+        .request(
+            "CreateContainer",
+            CreateContainerRequest::default().encode_to_vec(),
+        )
+        .await;
+    // Read raw mux frames: a Go reader accepts > 4096 bytes only as the rest of a long body, so the
+    // reply must arrive as exactly [first 4096 bytes][remainder].
+    let mut frames = Vec::new();
+    let mut total = 0usize;
+    let mut want = None;
+    while want != Some(total) {
+        let mut hdr = [0u8; 8];
+        rt.sock.read_exact(&mut hdr).await.unwrap();
+        let len = u32::from_be_bytes(hdr[4..].try_into().unwrap()) as usize;
+        let mut buf = vec![0; len];
+        rt.sock.read_exact(&mut buf).await.unwrap();
+        if want.is_none() {
+            want = Some(10 + Header::parse(&buf).unwrap().data_len as usize);
+        }
+        total += len;
+        frames.push(len);
+    }
+    assert!(want.unwrap() > 10_000);
+    assert_eq!(frames, vec![4096, want.unwrap() - 4096]);
+    drop(rt);
+    assert!(task.await.unwrap().is_ok());
+}
