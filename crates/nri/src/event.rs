@@ -129,6 +129,31 @@ impl EventMask {
     }
 }
 
+/// The events a runtime accepts, from its Configure message: `NRI_version` when present, else
+/// inferred from runtime name and version (containerd < 2.2 and CRI-O < 1.34 speak NRI < v0.10).
+pub fn valid_for_runtime_info(
+    runtime_name: &str,
+    runtime_version: &str,
+    nri_version: &str,
+) -> EventMask {
+    if !nri_version.is_empty() && nri_version != "unknown" {
+        return EventMask::valid_for_runtime(nri_version);
+    }
+    let v = runtime_version.trim_start_matches('v');
+    let mut it = v.split(['.', '-', '+', '~']).map(|p| p.parse::<u32>().ok());
+    let (major, minor) = (it.next().flatten(), it.next().flatten());
+    let legacy = match (runtime_name, major, minor) {
+        ("containerd", Some(ma), Some(mi)) => (ma, mi) < (2, 2),
+        ("cri-o" | "crio" | "CRI-O", Some(ma), Some(mi)) => (ma, mi) < (1, 34),
+        _ => false,
+    };
+    if legacy {
+        EventMask::ALL_LEGACY
+    } else {
+        EventMask::ALL
+    }
+}
+
 impl BitOr for EventMask {
     type Output = EventMask;
     fn bitor(self, rhs: EventMask) -> EventMask {
@@ -206,5 +231,30 @@ mod tests {
         );
         assert_eq!(EventMask::valid_for_runtime("v0.10.0"), EventMask::ALL);
         assert_eq!(EventMask::valid_for_runtime(""), EventMask::ALL);
+        assert_eq!(
+            valid_for_runtime_info("containerd", "v2.1.4", ""),
+            EventMask::ALL_LEGACY
+        );
+        assert_eq!(
+            valid_for_runtime_info("containerd", "1.7.27", "unknown"),
+            EventMask::ALL_LEGACY
+        );
+        assert_eq!(
+            valid_for_runtime_info("containerd", "v2.2.0", ""),
+            EventMask::ALL
+        );
+        assert_eq!(
+            valid_for_runtime_info("cri-o", "1.33.2", ""),
+            EventMask::ALL_LEGACY
+        );
+        assert_eq!(
+            valid_for_runtime_info("cri-o", "1.34.0", ""),
+            EventMask::ALL
+        );
+        assert_eq!(
+            valid_for_runtime_info("containerd", "v2.1.4", "v0.12.0"),
+            EventMask::ALL
+        );
+        assert_eq!(valid_for_runtime_info("other", "9", ""), EventMask::ALL);
     }
 }

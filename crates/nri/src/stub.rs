@@ -20,7 +20,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::conn::{BoxFuture, Connection, Handler, IncomingCall, Side};
 use crate::error::{Error, Result};
-use crate::event::EventMask;
+use crate::event::valid_for_runtime_info;
 use crate::plugin::Plugin;
 use crate::ttrpc::Status;
 
@@ -325,6 +325,16 @@ impl StubHandle {
             )
             .await?;
         Ok(resp.failed)
+    }
+
+    /// What the current connection dropped or refused so far (zero when not connected).
+    pub fn stats(&self) -> crate::conn::ConnStats {
+        self.inner
+            .conn
+            .lock()
+            .ok()
+            .and_then(|c| c.as_ref().map(Connection::stats))
+            .unwrap_or_default()
     }
 
     /// The live connection, once synchronized.
@@ -642,7 +652,11 @@ impl<P: Plugin> Handler for Session<P> {
                     let req: ConfigureRequest = decode(&call)?;
                     plugin.configure(&req).await?;
                     let wanted = plugin.events();
-                    let valid = EventMask::valid_for_runtime(&req.nri_version);
+                    let valid = valid_for_runtime_info(
+                        &req.runtime_name,
+                        &req.runtime_version,
+                        &req.nri_version,
+                    );
                     let mask = wanted.intersect(valid);
                     if mask != wanted {
                         tracing::warn!(?wanted, runtime_nri = %req.nri_version, "runtime does not know some subscribed events; dropping them");
