@@ -12,6 +12,7 @@
 
 pub mod alloc;
 pub mod cpuset;
+pub mod daemon;
 pub mod fixture;
 pub mod inventory;
 pub mod server;
