@@ -156,8 +156,8 @@ impl StubConfig {
     }
 
     /// From the process environment and `argv[0]`, as a runtime-launched or external plugin:
-    /// see [`StubConfig::from_vars`]. `name`/`index` are fallbacks when neither the environment
-    /// nor `argv[0]` provides them.
+    /// see [`StubConfig::from_vars`]. `name`/`index`, when given, win over the environment (as
+    /// the Go stub's options do; a runtime ignores them for plugins it launched itself anyway).
     pub fn from_env(name: Option<&str>, index: Option<&str>) -> Result<Self> {
         let argv0 = std::env::args().next();
         Self::from_vars(|k| std::env::var(k).ok(), argv0.as_deref(), name, index)
@@ -165,8 +165,8 @@ impl StubConfig {
 
     /// The rules of the Go stub, with the environment given as a function (for tests):
     /// - `NRI_PLUGIN_SOCKET` set and non-empty: use that fd (decimal) instead of dialing;
-    /// - name and index from `NRI_PLUGIN_NAME` / `NRI_PLUGIN_IDX`, else the given fallbacks, else
-    ///   parsed from `basename(argv0)` as `IDX-NAME`; if only the index is known, the name is
+    /// - name and index: the given values, else `NRI_PLUGIN_NAME` / `NRI_PLUGIN_IDX`, else parsed
+    ///   from `basename(argv0)` as `IDX-NAME`; if only the index is known, the name is
     ///   `basename(argv0)`.
     pub fn from_vars(
         get: impl Fn(&str) -> Option<String>,
@@ -182,16 +182,18 @@ impl StubConfig {
             Some((i, n)) if validate_index(i).is_ok() => (Some(i.to_owned()), Some(n.to_owned())),
             _ => (None, None),
         };
-        let index = nonempty(ENV_PLUGIN_IDX)
-            .or_else(|| index.map(str::to_owned))
+        let index = index
+            .map(str::to_owned)
+            .or_else(|| nonempty(ENV_PLUGIN_IDX))
             .or(arg_idx.clone())
             .ok_or_else(|| {
                 Error::Config(
                     "no plugin index (NRI_PLUGIN_IDX, argument or argv[0] IDX-NAME)".into(),
                 )
             })?;
-        let name = nonempty(ENV_PLUGIN_NAME)
-            .or_else(|| name.map(str::to_owned))
+        let name = name
+            .map(str::to_owned)
+            .or_else(|| nonempty(ENV_PLUGIN_NAME))
             .or(arg_name)
             .or(base)
             .ok_or_else(|| {
@@ -845,7 +847,7 @@ mod tests {
         .unwrap();
         assert_eq!((c.name.as_str(), c.index.as_str()), ("drakit-nri", "42"));
 
-        // Explicit fallbacks beat argv0 but not the environment.
+        // Explicit values beat the environment and argv0.
         let c = StubConfig::from_vars(
             vars(&[]),
             Some("/bin/drakit-nri"),
@@ -854,6 +856,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!((c.name.as_str(), c.index.as_str()), ("drakit", "50"));
+        let c = StubConfig::from_vars(
+            vars(&[("NRI_PLUGIN_NAME", "env"), ("NRI_PLUGIN_IDX", "11")]),
+            Some("/bin/20-argv"),
+            Some("explicit"),
+            None,
+        )
+        .unwrap();
+        assert_eq!((c.name.as_str(), c.index.as_str()), ("explicit", "11"));
 
         // Errors name the problem.
         let e = StubConfig::from_vars(vars(&[]), Some("/bin/plain"), None, None).unwrap_err();
