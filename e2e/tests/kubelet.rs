@@ -56,28 +56,10 @@ async fn registration_handshake() {
         reg.supported_versions,
         vec!["v1.DRAPlugin".to_owned(), "v1beta1.DRAPlugin".to_owned()]
     );
-    // The kubelet notifies after validating; the registration counts before the plugin hears of it.
-    kubelet
-        .wait_for_event(
-            WAIT,
-            |e| matches!(e, RegistrationEvent::Registered(p) if p.driver == DRIVER),
-        )
-        .await
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(n) = plugin.seen().notifications.first().cloned() {
-            assert!(n.plugin_registered, "{n:?}");
-            assert!(n.error.is_empty());
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no NotifyRegistrationStatus"
-        );
-        tokio::task::yield_now().await;
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    // The plugin hears of it once registered.
+    let n = plugin.notification().await;
+    assert!(n.plugin_registered, "{n:?}");
+    assert!(n.error.is_empty());
     assert_eq!(kubelet.registered().len(), 1);
 }
 
@@ -139,20 +121,9 @@ async fn rejections_are_notified_and_not_registered() {
 
     assert!(kubelet.registered().is_empty());
     for p in [&bad_version, &wrong_type, &no_endpoint] {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if let Some(n) = p.seen().notifications.first().cloned() {
-                assert!(!n.plugin_registered, "{}: {n:?}", p.driver);
-                assert!(!n.error.is_empty());
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{}: no notification",
-                p.driver
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let n = p.notification().await;
+        assert!(!n.plugin_registered, "{}: {n:?}", p.driver);
+        assert!(!n.error.is_empty());
     }
     assert!(matches!(
         kubelet.prepare("v2.drakit.dev", &[]).await,
@@ -502,4 +473,81 @@ async fn kubelet_wipes_node_slices_at_start_and_after_a_driver_leaves() {
         wipes[1].param("fieldSelector"),
         Some(format!("spec.nodeName=node-1,spec.driver={DRIVER}").as_str())
     );
+}
+
+#[tokio::test]
+async fn a_socket_that_does_not_answer_yet_is_retried() {
+    let env = Env::new();
+    let mut config = KubeletSimConfig::new(env.registry());
+    config.registration_timeout = Duration::from_millis(200);
+    let kubelet = KubeletSim::start(config).await.unwrap();
+
+    // The registration socket exists (bound, not accepting) before the plugin serves on it.
+    let endpoint_dir = env.plugins().join(DRIVER);
+    std::fs::create_dir_all(&endpoint_dir).unwrap();
+    let plugin = env
+        .plugin({
+            let mut o = FakeOptions::new(DRIVER);
+            // The fake's own registration socket gets another name; the test serves the real one.
+            o.registration_name = ".fake-reg.sock".to_owned();
+            o
+        })
+        .await;
+    let reg_path = env.registry().join(format!("{DRIVER}-reg.sock"));
+    let std_listener = std::os::unix::net::UnixListener::bind(&reg_path).unwrap();
+    kubelet
+        .wait_for_event(WAIT, |e| matches!(e, RegistrationEvent::Failed { registration_socket, .. } if *registration_socket == reg_path))
+        .await
+        .unwrap();
+    assert!(kubelet.driver(DRIVER).is_none());
+
+    // Now serve registration on that very socket (same inode): the retry registers it.
+    std_listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::UnixListener::from_std(std_listener).unwrap();
+    let endpoint = plugin.endpoint.display().to_string();
+    let router = tonic::transport::Server::builder().add_service(
+        drakit_proto::pluginregistration::registration_server::RegistrationServer::new(Forward {
+            endpoint,
+        }),
+    );
+    let server = tokio::spawn(
+        router.serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
+    );
+    let reg = kubelet.wait_for_driver(DRIVER, WAIT).await.unwrap();
+    assert_eq!(reg.registration_socket, reg_path);
+    server.abort();
+}
+
+/// A registration service that advertises `endpoint`.
+struct Forward {
+    endpoint: String,
+}
+
+#[tonic::async_trait]
+impl drakit_proto::pluginregistration::registration_server::Registration for Forward {
+    async fn get_info(
+        &self,
+        _: tonic::Request<drakit_proto::pluginregistration::InfoRequest>,
+    ) -> Result<tonic::Response<drakit_proto::pluginregistration::PluginInfo>, tonic::Status> {
+        Ok(tonic::Response::new(
+            drakit_proto::pluginregistration::PluginInfo {
+                r#type: "DRAPlugin".to_owned(),
+                name: DRIVER.to_owned(),
+                endpoint: self.endpoint.clone(),
+                supported_versions: vec!["v1.DRAPlugin".to_owned()],
+            },
+        ))
+    }
+
+    async fn notify_registration_status(
+        &self,
+        _: tonic::Request<drakit_proto::pluginregistration::RegistrationStatus>,
+    ) -> Result<
+        tonic::Response<drakit_proto::pluginregistration::RegistrationStatusResponse>,
+        tonic::Status,
+    > {
+        Ok(tonic::Response::new(
+            drakit_proto::pluginregistration::RegistrationStatusResponse {},
+        ))
+    }
 }

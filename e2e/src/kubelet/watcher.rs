@@ -98,7 +98,10 @@ async fn scan(shared: &Arc<Shared>, seen: &mut BTreeMap<PathBuf, Seen>) {
         }
     }
 
+    // New sockets and due retries are tried concurrently: one plugin that hangs in GetInfo must
+    // not hold up the others.
     let now = Instant::now();
+    let mut due = Vec::new();
     for (path, id) in present {
         let backoff = match seen.get(&path) {
             Some(Seen::Registered(_) | Seen::Rejected(_)) => continue,
@@ -112,24 +115,13 @@ async fn scan(shared: &Arc<Shared>, seen: &mut BTreeMap<PathBuf, Seen>) {
             }
             None => Duration::ZERO,
         };
-        let outcome = register(shared, &path).await;
+        due.push((path, id, backoff));
+    }
+    let outcomes =
+        futures::future::join_all(due.iter().map(|(path, _, _)| register(shared, path))).await;
+    for ((path, id, backoff), outcome) in due.into_iter().zip(outcomes) {
         let state = match outcome {
-            Outcome::Registered(plugin) => {
-                let channel = grpc::connect_unix_lazy(&plugin.endpoint);
-                {
-                    let mut state = shared.lock();
-                    state.pending_wipes.remove(&plugin.driver);
-                    state.instances.insert(
-                        path.clone(),
-                        Instance {
-                            plugin: plugin.clone(),
-                            channel,
-                        },
-                    );
-                }
-                shared.record(RegistrationEvent::Registered(plugin));
-                Seen::Registered(id)
-            }
+            Outcome::Registered => Seen::Registered(id),
             Outcome::Rejected { driver, error } => {
                 shared.record(RegistrationEvent::Rejected {
                     registration_socket: path.clone(),
@@ -190,7 +182,7 @@ fn schedule_wipe(shared: &Arc<Shared>, driver: &str) {
 }
 
 enum Outcome {
-    Registered(RegisteredPlugin),
+    Registered,
     Rejected { driver: String, error: String },
     Failed(String),
 }
@@ -209,6 +201,32 @@ async fn register(shared: &Shared, socket: &Path) -> Outcome {
         Err(_) => return Outcome::Failed(format!("GetInfo timed out after {timeout:?}")),
     };
     let verdict = validate(&info, &shared.config.supported_versions);
+    // As in the kubelet, the plugin is registered before it is told so: once a plugin hears
+    // "registered", calls can reach it.
+    if let Ok(version) = &verdict {
+        let plugin = {
+            let mut state = shared.lock();
+            state.next_sequence += 1;
+            let plugin = RegisteredPlugin {
+                driver: info.name.clone(),
+                registration_socket: socket.to_path_buf(),
+                endpoint: PathBuf::from(&info.endpoint),
+                version: *version,
+                supported_versions: info.supported_versions.clone(),
+                sequence: state.next_sequence,
+            };
+            state.pending_wipes.remove(&plugin.driver);
+            state.instances.insert(
+                socket.to_path_buf(),
+                Instance {
+                    plugin: plugin.clone(),
+                    channel: grpc::connect_unix_lazy(&plugin.endpoint),
+                },
+            );
+            plugin
+        };
+        shared.record(RegistrationEvent::Registered(plugin));
+    }
     let status = match &verdict {
         Ok(_) => RegistrationStatus {
             plugin_registered: true,
@@ -229,21 +247,7 @@ async fn register(shared: &Shared, socket: &Path) -> Outcome {
         Err(_) => tracing::warn!(socket = %socket.display(), "NotifyRegistrationStatus timed out"),
     }
     match verdict {
-        Ok(version) => {
-            let sequence = {
-                let mut state = shared.lock();
-                state.next_sequence += 1;
-                state.next_sequence
-            };
-            Outcome::Registered(RegisteredPlugin {
-                driver: info.name,
-                registration_socket: socket.to_path_buf(),
-                endpoint: PathBuf::from(info.endpoint),
-                version,
-                supported_versions: info.supported_versions,
-                sequence,
-            })
-        }
+        Ok(_) => Outcome::Registered,
         Err(error) => Outcome::Rejected {
             driver: info.name,
             error,

@@ -36,6 +36,7 @@ pub struct Seen {
 struct State {
     info: PluginInfo,
     seen: Arc<Mutex<Seen>>,
+    notified: Arc<tokio::sync::watch::Sender<usize>>,
     health: broadcast::Sender<Vec<(String, String, i32)>>,
 }
 
@@ -44,6 +45,7 @@ pub struct FakePlugin {
     pub registration_socket: PathBuf,
     pub endpoint: PathBuf,
     seen: Arc<Mutex<Seen>>,
+    notified: Arc<tokio::sync::watch::Sender<usize>>,
     health: broadcast::Sender<Vec<(String, String, i32)>>,
     stop_reg: Option<oneshot::Sender<()>>,
     stop_dra: Option<oneshot::Sender<()>>,
@@ -100,6 +102,7 @@ impl FakePlugin {
         let endpoint = plugin_dir.join(&opts.endpoint_name);
         let registration_socket = registry.join(&opts.registration_name);
         let seen = Arc::new(Mutex::new(Seen::default()));
+        let notified = Arc::new(tokio::sync::watch::channel(0usize).0);
         let (health, _) = broadcast::channel(16);
         let state = State {
             info: PluginInfo {
@@ -112,6 +115,7 @@ impl FakePlugin {
                 supported_versions: opts.supported_versions.clone(),
             },
             seen: seen.clone(),
+            notified: notified.clone(),
             health: health.clone(),
         };
 
@@ -162,6 +166,7 @@ impl FakePlugin {
             registration_socket,
             endpoint,
             seen,
+            notified,
             health,
             stop_reg: Some(stop_reg),
             stop_dra: Some(stop_dra),
@@ -171,6 +176,23 @@ impl FakePlugin {
 
     pub fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
         self.seen.lock().unwrap()
+    }
+
+    /// The first NotifyRegistrationStatus the plugin received, waiting for it if need be.
+    pub async fn notification(&self) -> RegistrationStatus {
+        let mut rx = self.notified.subscribe();
+        let wait = async {
+            loop {
+                rx.mark_unchanged();
+                if let Some(n) = self.seen().notifications.first().cloned() {
+                    return n;
+                }
+                let _ = rx.changed().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), wait)
+            .await
+            .expect("no NotifyRegistrationStatus within 20s")
     }
 
     /// Sends one health update (pool, device, health) to every open stream.
@@ -221,6 +243,7 @@ impl reg::registration_server::Registration for State {
             .unwrap()
             .notifications
             .push(request.into_inner());
+        self.notified.send_modify(|n| *n += 1);
         Ok(Response::new(RegistrationStatusResponse {}))
     }
 }
