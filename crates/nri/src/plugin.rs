@@ -38,7 +38,8 @@ pub type HookResult<T = ()> = Result<T, Status>;
 pub trait Plugin: Send + Sync + 'static {
     /// The events to subscribe to. Called after [`Plugin::configure`] on every (re)connection.
     /// Bits the runtime does not know (by its NRI version) are dropped with a warning. An empty
-    /// mask is sent as 0, which a runtime reads as "all events".
+    /// result fails Configure (a runtime would read 0 as "all events"); use [`EventMask::ALL`]
+    /// to get everything.
     fn events(&self) -> EventMask;
 
     /// The runtime's configuration call (runtime name/version, timeouts, config blob).

@@ -93,7 +93,8 @@ pub struct StubConfig {
     pub nri_version: String,
     /// Deadline of the RegisterPlugin call, and how long to wait for Configure after it.
     pub registration_timeout: Duration,
-    /// Deadline of UpdateContainers calls.
+    /// Deadline of UpdateContainers calls until the runtime's Configure tells its own request
+    /// timeout, which is used from then on.
     pub request_timeout: Duration,
     /// Reconnect after the runtime goes away (`None`: [`Stub::run`] returns instead).
     /// Ignored for [`Transport::Fd`].
@@ -238,7 +239,8 @@ struct HandleInner {
     state: watch::Sender<StubState>,
     stop: Notify,
     stop_requested: std::sync::atomic::AtomicBool,
-    request_timeout: Duration,
+    /// Deadline of UpdateContainers in nanoseconds; the runtime's own request timeout once known.
+    request_timeout_ns: std::sync::atomic::AtomicU64,
     connections: std::sync::atomic::AtomicU64,
 }
 
@@ -267,7 +269,9 @@ impl StubHandle {
                 state,
                 stop: Notify::new(),
                 stop_requested: std::sync::atomic::AtomicBool::new(false),
-                request_timeout,
+                request_timeout_ns: std::sync::atomic::AtomicU64::new(
+                    u64::try_from(request_timeout.as_nanos()).unwrap_or(u64::MAX),
+                ),
                 connections: std::sync::atomic::AtomicU64::new(0),
             }),
         }
@@ -323,7 +327,11 @@ impl StubHandle {
                 RUNTIME_SERVICE,
                 "UpdateContainers",
                 &req,
-                Some(self.inner.request_timeout),
+                Some(Duration::from_nanos(
+                    self.inner
+                        .request_timeout_ns
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                )),
             )
             .await?;
         Ok(resp.failed)
@@ -664,8 +672,18 @@ impl<P: Plugin> Handler for Session<P> {
                         tracing::warn!(?wanted, runtime_nri = %req.nri_version, "runtime does not know some subscribed events; dropping them");
                     }
                     if mask.is_empty() {
-                        tracing::warn!(
-                            "plugin subscribes to no events; the runtime will send all of them"
+                        // 0 would mean "all events" to the runtime: surely not what was meant.
+                        return Err(Status::failed_precondition(format!(
+                            "plugin subscribes to no events the runtime knows (wanted {wanted:?}, runtime NRI {:?})",
+                            req.nri_version
+                        )));
+                    }
+                    if let Ok(ms) = u64::try_from(req.request_timeout)
+                        && ms > 0
+                    {
+                        handle.inner.request_timeout_ns.store(
+                            ms.saturating_mul(1_000_000),
+                            std::sync::atomic::Ordering::Relaxed,
                         );
                     }
                     if let Ok(mut r) = handle.inner.runtime.lock() {

@@ -505,3 +505,29 @@ async fn large_replies_are_split_like_go_writes_them() {
     drop(rt);
     assert!(task.await.unwrap().is_ok());
 }
+
+struct Nothing;
+impl Plugin for Nothing {
+    fn events(&self) -> EventMask {
+        EventMask::EMPTY
+    }
+}
+
+#[tokio::test]
+async fn empty_subscription_fails_configure_instead_of_meaning_all() {
+    let (rt, plugin) = UnixStream::pair().unwrap();
+    let mut rt = RawRuntime {
+        sock: rt,
+        next_id: 1,
+    };
+    let mut cfg = StubConfig::new("wire", "10").unwrap();
+    cfg.reconnect = None;
+    let _task = tokio::spawn(async move { Stub::new(Nothing, cfg).serve(plugin).await });
+    let _ = rt.read_msg().await;
+    let id = rt
+        .request("Configure", ConfigureRequest::default().encode_to_vec())
+        .await;
+    let (sid, resp) = rt.read_response().await;
+    assert_eq!((sid, code_of(&resp)), (id, 9));
+    assert!(resp.status.unwrap().message.contains("no events"));
+}
