@@ -739,3 +739,52 @@ async fn kubeconfig_points_at_the_server() {
     let parsed: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
     assert_eq!(parsed["current-context"].as_str(), Some("drakit-sim"));
 }
+
+#[tokio::test]
+async fn watch_resumes_from_a_resource_version() {
+    let api = ApiServerSim::start().await.unwrap();
+    let addr = api.addr();
+    let rv = api.resource_version();
+    http::apply(
+        addr,
+        &apply_path("w1", "drakit"),
+        &slice("w1", "node-1", &["eth1"]),
+    )
+    .await;
+    http::apply(
+        addr,
+        &apply_path("w2", "drakit"),
+        &slice("w2", "node-2", &["eth1"]),
+    )
+    .await;
+    http::apply(
+        addr,
+        &apply_path("w1", "drakit"),
+        &slice("w1", "node-1", &["eth1", "eth2"]),
+    )
+    .await;
+    http::request(addr, "DELETE", &format!("{SLICES}/w1"), None, b"")
+        .await
+        .unwrap();
+
+    // The watch ends by itself after timeoutSeconds; everything after `rv` for node-1 is replayed.
+    let r = http::get(
+        addr,
+        &format!("{SLICES}?watch=true&resourceVersion={rv}&timeoutSeconds=1&fieldSelector=spec.nodeName%3Dnode-1"),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let events: Vec<Value> = String::from_utf8(r.body)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["ADDED", "MODIFIED", "DELETED"]);
+    assert!(
+        events
+            .iter()
+            .all(|e| e["object"]["metadata"]["name"] == "w1")
+    );
+    assert_eq!(events[1]["object"]["metadata"]["generation"], 2);
+}

@@ -218,6 +218,15 @@ async fn kube_client_sees_faults_and_recovers() {
 
 #[tokio::test]
 async fn kube_runtime_watcher_sees_slice_changes() {
+    watcher_sees_slice_changes(false).await;
+}
+
+#[tokio::test]
+async fn kube_runtime_watcher_with_streaming_lists() {
+    watcher_sees_slice_changes(true).await;
+}
+
+async fn watcher_sees_slice_changes(streaming: bool) {
     let api = ApiServerSim::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let client = client(&api, dir.path()).await;
@@ -232,20 +241,33 @@ async fn kube_runtime_watcher_sees_slice_changes() {
         .await
         .unwrap();
 
-    let config = kube::runtime::watcher::Config::default().fields("spec.nodeName=node-1");
+    let mut config = kube::runtime::watcher::Config::default().fields("spec.nodeName=node-1");
+    if streaming {
+        config = config.streaming_lists();
+    }
     let mut events = kube::runtime::watcher(slices.clone(), config).boxed();
     let mut seen = Vec::new();
     let deadline = Duration::from_secs(20);
     // Initial list: `before` shows up.
+    let mut initial = Vec::new();
     tokio::time::timeout(deadline, async {
         while let Some(ev) = events.next().await {
-            if let kube::runtime::watcher::Event::InitDone = ev.unwrap() {
-                break;
+            match ev.unwrap() {
+                kube::runtime::watcher::Event::InitApply(s) => {
+                    initial.push(s.metadata.name.unwrap())
+                }
+                kube::runtime::watcher::Event::InitDone => break,
+                _ => {}
             }
         }
     })
     .await
     .unwrap();
+    assert_eq!(initial, ["before"]);
+    if streaming {
+        let watch = &api.requests_matching("GET", "/resourceslices")[0];
+        assert_eq!(watch.param("sendInitialEvents"), Some("true"));
+    }
 
     slices
         .patch(

@@ -438,7 +438,9 @@ fn event_json(e: &Event) -> Bytes {
 }
 
 /// A watch: past events after `resourceVersion` (or synthetic ADDED events for every current
-/// object when it is absent or "0"), then live ones, until `timeoutSeconds` (default 30 min).
+/// object when it is absent or "0", or with `sendInitialEvents=true`, which also ends them with
+/// a bookmark marked `k8s.io/initial-events-end`), then live ones, until `timeoutSeconds`
+/// (default 30 min).
 fn watch(
     shared: &Arc<Shared>,
     resource: Resource,
@@ -449,7 +451,9 @@ fn watch(
     let timeout = param(query, "timeoutSeconds")
         .and_then(|s| s.parse::<u64>().ok())
         .map_or(Duration::from_secs(1800), Duration::from_secs);
-    let since = param(query, "resourceVersion").filter(|s| !s.is_empty() && *s != "0");
+    let send_initial = flag(query, "sendInitialEvents");
+    let since =
+        param(query, "resourceVersion").filter(|s| !s.is_empty() && *s != "0" && !send_initial);
     let relevant = move |e: &Event| {
         e.resource == resource
             && ns.as_deref().is_none_or(|ns| {
@@ -490,18 +494,37 @@ fn watch(
                     }
                 }
             }
-            None => store
-                .list(resource, None, &Selectors::default())
-                .into_iter()
-                .map(|object| Event {
-                    resource_version: 0,
-                    resource,
-                    kind: "ADDED",
-                    object,
-                })
-                .filter(|e| relevant(e))
-                .map(|e| event_json(&e))
-                .collect(),
+            None => {
+                let mut lines: Vec<Bytes> = store
+                    .list(resource, None, &Selectors::default())
+                    .into_iter()
+                    .map(|object| Event {
+                        resource_version: 0,
+                        resource,
+                        kind: "ADDED",
+                        object,
+                    })
+                    .filter(|e| relevant(e))
+                    .map(|e| event_json(&e))
+                    .collect();
+                // Streaming lists: the end of the initial events is a marked bookmark.
+                if send_initial {
+                    lines.push(event_json(&Event {
+                        resource_version: 0,
+                        resource,
+                        kind: "BOOKMARK",
+                        object: json!({
+                            "apiVersion": resource.api_version(),
+                            "kind": resource.kind(),
+                            "metadata": {
+                                "resourceVersion": store.resource_version().to_string(),
+                                "annotations": { "k8s.io/initial-events-end": "true" },
+                            },
+                        }),
+                    }));
+                }
+                lines
+            }
         };
         (backlog, live)
     };

@@ -49,6 +49,8 @@ pub(crate) struct Store {
     objects: BTreeMap<Key, Stored>,
     resource_version: u64,
     log: Vec<Arc<Event>>,
+    /// The resourceVersion of the newest event dropped from `log`: watches from before it get 410.
+    dropped_up_to: u64,
     events: broadcast::Sender<Arc<Event>>,
 }
 
@@ -58,6 +60,7 @@ impl Default for Store {
             objects: BTreeMap::new(),
             resource_version: 1000,
             log: Vec::new(),
+            dropped_up_to: 0,
             events: broadcast::channel(1024).0,
         }
     }
@@ -264,10 +267,7 @@ impl Store {
 
     /// Events after `since`, or `None` when the log no longer reaches back that far (410 Gone).
     pub(crate) fn events_since(&self, since: u64) -> Option<Vec<Arc<Event>>> {
-        if let Some(first) = self.log.first()
-            && first.resource_version > since + 1
-            && self.log.len() >= EVENT_LOG_LIMIT
-        {
+        if since < self.dropped_up_to {
             return None;
         }
         Some(
@@ -320,7 +320,9 @@ impl Store {
             object,
         });
         if self.log.len() >= EVENT_LOG_LIMIT {
-            self.log.drain(..EVENT_LOG_LIMIT / 2);
+            if let Some(last_dropped) = self.log.drain(..EVENT_LOG_LIMIT / 2).last() {
+                self.dropped_up_to = last_dropped.resource_version;
+            }
         }
         self.log.push(event.clone());
         // No receivers is fine: nobody is watching.
@@ -964,4 +966,83 @@ fn owners_for_all(value: &Value, manager: &str) -> BTreeMap<DeviceKey, String> {
         .flatten()
         .map(|d| (device_key(d), manager.to_owned()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}})
+    }
+
+    #[test]
+    fn merge_patch_follows_rfc_7386() {
+        let mut target = json!({"a": "b", "c": {"d": "e", "f": "g"}, "l": [1, 2]});
+        merge_patch(
+            &mut target,
+            &json!({"a": "z", "c": {"f": null}, "l": [3], "n": {"x": 1}}),
+        );
+        assert_eq!(
+            target,
+            json!({"a": "z", "c": {"d": "e"}, "l": [3], "n": {"x": 1}})
+        );
+        let mut scalar = json!("x");
+        merge_patch(&mut scalar, &json!({"k": "v"}));
+        assert_eq!(scalar, json!({"k": "v"}));
+    }
+
+    #[test]
+    fn writes_assign_metadata_and_skip_no_ops() {
+        let mut store = Store::default();
+        let opts = WriteOptions {
+            field_manager: Some("t".into()),
+            ..Default::default()
+        };
+        let (created, w) = store
+            .create(Resource::Nodes, "", node("n1"), &opts)
+            .unwrap();
+        assert_eq!(w, Written::Created);
+        let rv = meta_str(&created, "resourceVersion").unwrap().to_owned();
+        assert!(meta_str(&created, "uid").is_some());
+        assert!(meta_str(&created, "creationTimestamp").is_some());
+        // Nodes carry no generation.
+        assert!(created.pointer("/metadata/generation").is_none());
+        let (same, w) = store
+            .replace(Resource::Nodes, "", "n1", node("n1"), false, &opts)
+            .unwrap();
+        assert_eq!(w, Written::Unchanged);
+        assert_eq!(meta_str(&same, "resourceVersion"), Some(rv.as_str()));
+        let err = store
+            .create(Resource::Nodes, "", node("n1"), &opts)
+            .unwrap_err();
+        assert_eq!(err.code, 409);
+        // Dry run changes nothing.
+        let dry = WriteOptions {
+            dry_run: true,
+            ..opts.clone()
+        };
+        store
+            .delete(Resource::Nodes, "", "n1", None, dry.dry_run)
+            .unwrap();
+        assert!(store.get(Resource::Nodes, "", "n1").is_some());
+        store
+            .delete(Resource::Nodes, "", "n1", None, false)
+            .unwrap();
+        assert!(store.get(Resource::Nodes, "", "n1").is_none());
+    }
+
+    #[test]
+    fn watch_log_expires_old_resource_versions() {
+        let mut store = Store::default();
+        let start = store.resource_version();
+        store.seed(Resource::Nodes, node("first")).unwrap();
+        assert_eq!(store.events_since(start).unwrap().len(), 1);
+        for i in 0..EVENT_LOG_LIMIT {
+            store.seed(Resource::Nodes, node(&format!("n{i}"))).unwrap();
+        }
+        assert!(store.events_since(start).is_none(), "410 Gone expected");
+        let recent = store.resource_version() - 1;
+        assert_eq!(store.events_since(recent).unwrap().len(), 1);
+    }
 }
