@@ -320,9 +320,9 @@ impl Store {
             object,
         });
         if self.log.len() >= EVENT_LOG_LIMIT {
-            if let Some(last_dropped) = self.log.drain(..EVENT_LOG_LIMIT / 2).last() {
-                self.dropped_up_to = last_dropped.resource_version;
-            }
+            let dropped = EVENT_LOG_LIMIT / 2;
+            self.dropped_up_to = self.log[dropped - 1].resource_version;
+            self.log.drain(..dropped);
         }
         self.log.push(event.clone());
         // No receivers is fine: nobody is watching.
