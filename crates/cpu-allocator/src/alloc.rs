@@ -217,7 +217,7 @@ mod tests {
     use crate::fixture::materialize_named;
 
     fn topo(name: &str) -> (tempfile::TempDir, Topology) {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir_in(crate::fixture::scratch_parent()).unwrap();
         materialize_named(name, dir.path()).unwrap();
         let t = Topology::discover(dir.path()).unwrap();
         (dir, t)

@@ -235,7 +235,8 @@ impl Drop for TempDir {
 }
 
 fn tempfile_dir() -> Result<TempDir, DaemonError> {
-    let base = std::env::temp_dir().join(format!("drakit-cpu-fixture-{}", std::process::id()));
+    let base =
+        crate::fixture::scratch_parent().join(format!("drakit-cpu-fixture-{}", std::process::id()));
     crate::store::create_private_dir(&base).map_err(DaemonError::TempDir)?;
     Ok(TempDir(base))
 }

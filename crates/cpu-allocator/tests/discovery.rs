@@ -12,7 +12,7 @@ fn set(s: &str) -> CpuSet {
 }
 
 fn machine(name: &str) -> (tempfile::TempDir, Topology) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in(drakit_cpu::fixture::scratch_parent()).unwrap();
     materialize_named(name, dir.path()).unwrap();
     let t = Topology::discover(dir.path()).unwrap();
     (dir, t)
@@ -156,7 +156,7 @@ fn offline_and_isolated() {
     let mut spec = MachineSpec::load(&fixtures_dir().join("xeon-2s-smt.json")).unwrap();
     spec.offline = "79".into();
     spec.isolated = "2-3,42-43".into();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in(drakit_cpu::fixture::scratch_parent()).unwrap();
     spec.materialize(dir.path()).unwrap();
     let t = Topology::discover(dir.path()).unwrap();
     assert_eq!(t.online, set("0-78"));
@@ -180,7 +180,7 @@ fn offline_and_isolated() {
 fn missing_cache_ids_fall_back_to_shared_list() {
     let mut spec = MachineSpec::load(&fixtures_dir().join("epyc-2s-8l3.json")).unwrap();
     spec.cache_ids = false;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in(drakit_cpu::fixture::scratch_parent()).unwrap();
     spec.materialize(dir.path()).unwrap();
     let t = Topology::discover(dir.path()).unwrap();
     assert_eq!(t.cpus[&65].caches[3], Some(0));
@@ -220,7 +220,7 @@ fn real_host_is_readable() {
 }
 
 fn corrupt(rel: &str, content: &str) -> TopologyError {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in(drakit_cpu::fixture::scratch_parent()).unwrap();
     materialize_named("alderlake-8p8e", dir.path()).unwrap();
     std::fs::write(dir.path().join(rel), content).unwrap();
     Topology::discover(dir.path()).unwrap_err()
@@ -273,13 +273,13 @@ fn malformed_files_name_the_file() {
         assert!(err.contains(want), "{rel}: {err:?} should mention {want:?}");
     }
     // A missing required file names it too.
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in(drakit_cpu::fixture::scratch_parent()).unwrap();
     materialize_named("alderlake-8p8e", dir.path()).unwrap();
     std::fs::remove_file(dir.path().join("devices/system/cpu/cpu5/topology/core_id")).unwrap();
     let err = Topology::discover(dir.path()).unwrap_err().to_string();
     assert!(err.contains("cpu5/topology/core_id"), "{err}");
     // An empty root.
-    let empty = tempfile::tempdir().unwrap();
+    let empty = tempfile::tempdir_in(drakit_cpu::fixture::scratch_parent()).unwrap();
     let err = Topology::discover(empty.path()).unwrap_err().to_string();
     assert!(err.contains("devices/system/cpu/online"), "{err}");
 }
@@ -288,7 +288,7 @@ fn malformed_files_name_the_file() {
 fn bad_descriptions_are_refused() {
     let mut spec = MachineSpec::load(&fixtures_dir().join("alderlake-8p8e.json")).unwrap();
     spec.core_groups[0].threads = 0;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in(drakit_cpu::fixture::scratch_parent()).unwrap();
     let err = spec.materialize(dir.path()).unwrap_err().to_string();
     assert!(err.contains("coreGroups[0]"), "{err}");
     let text = r#"{"name":"x","packages":1,"coreGroups":[{"cores":1}],"bogus":1}"#;

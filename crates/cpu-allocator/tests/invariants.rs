@@ -20,7 +20,7 @@ fn topology() -> &'static Topology {
         let mut spec = MachineSpec::load(&fixtures_dir().join("alderlake-8p8e.json")).unwrap();
         spec.offline = "23".into();
         spec.isolated = "14-15".into();
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir_in(drakit_cpu::fixture::scratch_parent()).unwrap();
         spec.materialize(dir.path()).unwrap();
         Topology::discover(dir.path()).unwrap()
     })

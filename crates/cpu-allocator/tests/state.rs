@@ -16,7 +16,7 @@ fn set(s: &str) -> CpuSet {
 }
 
 fn topo(name: &str) -> Topology {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in(drakit_cpu::fixture::scratch_parent()).unwrap();
     materialize_named(name, dir.path()).unwrap();
     Topology::discover(dir.path()).unwrap()
 }
@@ -194,7 +194,7 @@ fn last_shared_cpu_is_never_handed_out() {
         ..Default::default()
     };
     let t = {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir_in(drakit_cpu::fixture::scratch_parent()).unwrap();
         Topology::discover(&copy_vm_tree(dir.path())).unwrap()
     };
     let mut m = manager(t.clone(), cfg.clone(), &store);
@@ -249,7 +249,7 @@ fn copy_vm_tree(dst: &std::path::Path) -> std::path::PathBuf {
 fn isolated_cpus_leave_the_shared_pool_unless_shareable() {
     let mut spec = MachineSpec::load(&fixtures_dir().join("xeon-2s-smt.json")).unwrap();
     spec.isolated = "10-11".into();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in(drakit_cpu::fixture::scratch_parent()).unwrap();
     spec.materialize(dir.path()).unwrap();
     let t = Topology::discover(dir.path()).unwrap();
     let m = manager(t.clone(), PoolConfig::default(), &MemoryStore::new());
@@ -359,7 +359,7 @@ fn grouped_by_socket_on_epyc_is_l3_aligned() {
 
 #[test]
 fn restart_restores_exactly_and_drops_stale_records() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in(drakit_cpu::fixture::scratch_parent()).unwrap();
     let path = dir.path().join("state/cpu.json");
     let t = topo("xeon-2s-smt");
     let cfg = PoolConfig {
