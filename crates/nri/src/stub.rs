@@ -629,6 +629,24 @@ fn encode<M: Message>(m: &M) -> Vec<u8> {
 
 impl<P: Plugin> Handler for Session<P> {
     fn handle(&self, call: IncomingCall) -> BoxFuture<std::result::Result<Vec<u8>, Status>> {
+        use tracing::Instrument;
+        let span = tracing::debug_span!("nri_request", method = %call.method);
+        let fut = self.dispatch(call);
+        Box::pin(
+            async move {
+                let res = fut.await;
+                if let Err(st) = &res {
+                    tracing::debug!(status = %st, "NRI request failed");
+                }
+                res
+            }
+            .instrument(span),
+        )
+    }
+}
+
+impl<P: Plugin> Session<P> {
+    fn dispatch(&self, call: IncomingCall) -> BoxFuture<std::result::Result<Vec<u8>, Status>> {
         let plugin = self.plugin.clone();
         if call.service != PLUGIN_SERVICE {
             return Box::pin(async move {
