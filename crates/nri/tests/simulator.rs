@@ -848,3 +848,48 @@ async fn simulator_survives_a_garbage_peer() {
     drop(bad);
     handle.shutdown();
 }
+
+#[tokio::test]
+async fn concurrent_update_containers_are_matched_by_stream_id() {
+    let env = runtime(SimConfig::default()).await;
+    env.rt.add_pod(simulator::pod("p0", "pod", "default"));
+    for i in 0..50 {
+        env.rt.add_container(
+            simulator::container(&format!("c{i}"), "p0", "ctr"),
+            default_spec(&["a"]),
+        );
+    }
+    let plugin = Arc::new(Recorder::with_mask(EventMask::of(Event::CreateContainer)));
+    let (handle, _task) = start_stub(plugin, &env, "recorder", "10");
+    env.rt.wait_synced(1, WAIT).await.unwrap();
+    handle.wait_synchronized().await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let h = handle.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut u = Update::new(format!("c{i}"));
+            u.set_cpuset_cpus(i.to_string());
+            // Every other request names a missing container, so replies differ per call.
+            let mut ups = vec![u.into_proto()];
+            if i % 2 == 1 {
+                ups.push(Update::new(format!("missing-{i}")).into_proto());
+            }
+            (i, h.update_containers(ups, Vec::new()).await)
+        }));
+    }
+    for t in tasks {
+        let (i, res) = t.await.unwrap();
+        let failed = res.unwrap();
+        if i % 2 == 1 {
+            assert_eq!(failed.len(), 1, "call {i}");
+            assert_eq!(failed[0].container_id, format!("missing-{i}"));
+        } else {
+            assert!(failed.is_empty(), "call {i}");
+        }
+    }
+    for i in 0..50 {
+        let c = env.rt.container(&format!("c{i}")).unwrap();
+        assert_eq!(c.spec["linux"]["resources"]["cpu"]["cpus"], i.to_string());
+    }
+    handle.shutdown();
+}

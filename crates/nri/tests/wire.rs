@@ -531,3 +531,64 @@ async fn empty_subscription_fails_configure_instead_of_meaning_all() {
     assert_eq!((sid, code_of(&resp)), (id, 9));
     assert!(resp.status.unwrap().message.contains("no events"));
 }
+
+/// CreateContainer waits until RunPodSandbox has been handled.
+#[derive(Default)]
+struct SlowCreate(tokio::sync::Notify);
+impl Plugin for SlowCreate {
+    fn events(&self) -> EventMask {
+        EventMask::of(Event::CreateContainer) | Event::RunPodSandbox
+    }
+    async fn create_container(
+        &self,
+        _: &drakit_proto::nri::PodSandbox,
+        _: &drakit_proto::nri::Container,
+    ) -> nri::HookResult<drakit_proto::nri::CreateContainerResponse> {
+        self.0.notified().await;
+        Ok(Default::default())
+    }
+    async fn run_pod_sandbox(&self, _: &drakit_proto::nri::PodSandbox) -> nri::HookResult {
+        self.0.notify_one();
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn requests_are_served_concurrently_and_answered_out_of_order() {
+    let (rt, plugin) = UnixStream::pair().unwrap();
+    let mut rt = RawRuntime {
+        sock: rt,
+        next_id: 1,
+    };
+    let mut cfg = StubConfig::new("wire", "10").unwrap();
+    cfg.reconnect = None;
+    let _task =
+        tokio::spawn(async move { Stub::new(SlowCreate::default(), cfg).serve(plugin).await });
+    let _ = rt.read_msg().await;
+    rt.send_msg(2, 1, MessageType::Response, &ttrpc::ok_response(Vec::new()))
+        .await;
+    let _ = rt
+        .request("Configure", ConfigureRequest::default().encode_to_vec())
+        .await;
+    let _ = rt.read_response().await;
+    let _ = rt
+        .request("Synchronize", SynchronizeRequest::default().encode_to_vec())
+        .await;
+    let _ = rt.read_response().await;
+
+    let slow = rt
+        .request(
+            "CreateContainer",
+            CreateContainerRequest::default().encode_to_vec(),
+        )
+        .await;
+    let fast = rt
+        .request(
+            "RunPodSandbox",
+            drakit_proto::nri::RunPodSandboxRequest::default().encode_to_vec(),
+        )
+        .await;
+    let (first, _) = rt.read_response().await;
+    let (second, _) = rt.read_response().await;
+    assert_eq!((first, second), (fast, slow));
+}
