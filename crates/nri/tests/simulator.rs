@@ -669,13 +669,13 @@ async fn runtime_restart_reconnects_and_resynchronizes() {
 #[tokio::test]
 async fn slow_plugin_is_dropped_then_reconnects() {
     let env = runtime(SimConfig {
-        request_timeout: Duration::from_millis(300),
+        request_timeout: Duration::from_millis(1000),
         ..Default::default()
     })
     .await;
     env.rt.add_pod(simulator::pod("p0", "pod", "default"));
     let plugin = Arc::new(Recorder {
-        slow: Some(("slow", Duration::from_secs(3))),
+        slow: Some(("slow", Duration::from_secs(60))),
         ..Recorder::with_mask(EventMask::of(Event::CreateContainer))
     });
     let (handle, _task) = start_stub(plugin.clone(), &env, "recorder", "10");
@@ -789,7 +789,7 @@ async fn prelaunched_plugin_over_inherited_fd() {
 async fn simulator_survives_a_garbage_peer() {
     use tokio::io::AsyncWriteExt;
     let env = runtime(SimConfig {
-        registration_timeout: Duration::from_millis(300),
+        registration_timeout: Duration::from_millis(1000),
         ..Default::default()
     })
     .await;
