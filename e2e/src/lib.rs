@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | [`kubelet`] | the kubelet's plugin watcher and DRA manager | gRPC over unix sockets (registration, DRA v1/v1beta1, health) |
 //! | [`apiserver`] | the Kubernetes API server, for the objects drakit uses | HTTP/1.1 + JSON on 127.0.0.1 |
+//! | [`node`] | both of the above wired together under one root dir, the kubelet's layout | |
 //! | [`grpc`] | small helpers: a tonic channel or server on a unix socket | |
 //!
 //! Every filesystem path (registry dir, sockets, kubeconfig) is a parameter; nothing touches the host
@@ -16,4 +17,5 @@
 pub mod apiserver;
 pub mod grpc;
 pub mod kubelet;
+pub mod node;
 mod wait;

@@ -532,6 +532,40 @@ impl ApiServerSim {
             })
     }
 
+    /// A readable account of the request log and every stored object.
+    pub fn dump(&self) -> String {
+        use std::fmt::Write;
+        let mut out = format!(
+            "--- apiserver-sim {} (resourceVersion {})
+",
+            self.url(),
+            self.resource_version()
+        );
+        for r in self.requests() {
+            let q = if r.raw_query.is_empty() {
+                String::new()
+            } else {
+                format!("?{}", r.raw_query)
+            };
+            let body: String = r.body.chars().take(400).collect();
+            let _ = writeln!(
+                out,
+                "{} {}{q} -> {}{} {body}",
+                r.method,
+                r.path,
+                r.status,
+                if r.injected { " (injected)" } else { "" }
+            );
+        }
+        let store = self.shared.store();
+        for resource in Resource::ALL {
+            for obj in store.all(resource) {
+                let _ = writeln!(out, "{} {}", resource.kind(), obj);
+            }
+        }
+        out
+    }
+
     // ---- fault injection --------------------------------------------------------------------
 
     /// Answers the next `count` requests matching `fault` with its status instead of serving them.

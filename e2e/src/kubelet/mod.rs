@@ -260,6 +260,12 @@ impl KubeletSim {
         Ok(Self { shared, watcher })
     }
 
+    /// Stops the plugin watcher (no more registrations or deregistrations are noticed; calls to
+    /// registered instances still work). Dropping does the same.
+    pub fn stop(&self) {
+        self.watcher.abort();
+    }
+
     /// The configuration in force.
     pub fn config(&self) -> &KubeletSimConfig {
         &self.shared.config
@@ -307,6 +313,49 @@ impl KubeletSim {
             .iter()
             .map(|(_, e)| e.clone())
             .collect()
+    }
+
+    /// A readable account of the registry dir, the registered instances and every event.
+    pub fn dump(&self) -> String {
+        use std::fmt::Write;
+        let mut out = format!(
+            "--- kubelet-sim (registry {})
+",
+            self.registry_dir().display()
+        );
+        match std::fs::read_dir(self.registry_dir()) {
+            Ok(entries) => {
+                let mut names: Vec<String> = entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect();
+                names.sort();
+                let _ = writeln!(out, "registry dir: {names:?}");
+            }
+            Err(e) => {
+                let _ = writeln!(out, "registry dir unreadable: {e}");
+            }
+        }
+        for p in self.registered() {
+            let _ = writeln!(
+                out,
+                "registered #{} {} {:?} endpoint {} (exists: {}) via {}",
+                p.sequence,
+                p.driver,
+                p.version,
+                p.endpoint.display(),
+                p.endpoint.exists(),
+                p.registration_socket.display()
+            );
+        }
+        for (at, e) in &self.shared.lock().events {
+            let since = at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or_default();
+            let _ = writeln!(out, "event @{since:.3}: {e:?}");
+        }
+        out
     }
 
     /// Waits until `driver` has an active instance.

@@ -180,19 +180,25 @@ impl FakePlugin {
 
     /// The first NotifyRegistrationStatus the plugin received, waiting for it if need be.
     pub async fn notification(&self) -> RegistrationStatus {
+        self.notifications(1).await.remove(0)
+    }
+
+    /// Waits until at least `n` NotifyRegistrationStatus calls arrived; returns them all.
+    pub async fn notifications(&self, n: usize) -> Vec<RegistrationStatus> {
         let mut rx = self.notified.subscribe();
         let wait = async {
             loop {
                 rx.mark_unchanged();
-                if let Some(n) = self.seen().notifications.first().cloned() {
-                    return n;
+                let seen = self.seen().notifications.clone();
+                if seen.len() >= n {
+                    return seen;
                 }
                 let _ = rx.changed().await;
             }
         };
         tokio::time::timeout(Duration::from_secs(20), wait)
             .await
-            .expect("no NotifyRegistrationStatus within 20s")
+            .expect("not enough NotifyRegistrationStatus calls within 20s")
     }
 
     /// Sends one health update (pool, device, health) to every open stream.
