@@ -9,6 +9,7 @@
 //! - [`state`]: prepare / unprepare, the shared pool, restart restore.
 //! - [`store`]: persistence behind a key → value trait.
 //! - [`server`]: the `Backend` and `CpuPool` gRPC services on a Unix socket.
+//! - [`daemon`]: command line, plain `Config`, and `run` for the `drakit-cpu` binary.
 
 pub mod alloc;
 pub mod cpuset;

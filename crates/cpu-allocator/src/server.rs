@@ -59,17 +59,26 @@ pub struct CpuService {
     manager: Arc<Mutex<Manager>>,
     pool_tx: Arc<watch::Sender<CpuPoolState>>,
     inventory_tx: Arc<watch::Sender<Inventory>>,
+    /// Turns true at shutdown: open watch streams end so the server can drain.
+    stop_tx: Arc<watch::Sender<bool>>,
 }
 
 impl CpuService {
     pub fn new(manager: Manager) -> Self {
         let (pool_tx, _) = watch::channel(manager.pool_state());
         let (inventory_tx, _) = watch::channel(manager.inventory());
+        let (stop_tx, _) = watch::channel(false);
         Self {
             manager: Arc::new(Mutex::new(manager)),
             pool_tx: Arc::new(pool_tx),
             inventory_tx: Arc::new(inventory_tx),
+            stop_tx: Arc::new(stop_tx),
         }
+    }
+
+    /// Ends every open watch stream (called by [`serve`] at shutdown).
+    pub fn stop_streams(&self) {
+        self.stop_tx.send_replace(true);
     }
 
     /// Runs `f` on the manager (tests and the binary's status logging).
@@ -88,15 +97,25 @@ impl CpuService {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-fn watch_stream<T: Clone + Send + Sync + 'static>(rx: watch::Receiver<T>) -> BoxStream<T> {
+/// The current value at once, then every change, until the sender goes or `stop` turns true.
+fn watch_stream<T: Clone + Send + Sync + 'static>(
+    rx: watch::Receiver<T>,
+    stop: watch::Receiver<bool>,
+) -> BoxStream<T> {
     Box::pin(futures::stream::unfold(
-        (rx, true),
-        |(mut rx, first)| async move {
-            if !first && rx.changed().await.is_err() {
+        (rx, stop, true),
+        |(mut rx, mut stop, first)| async move {
+            if *stop.borrow_and_update() {
                 return None;
             }
+            if !first {
+                tokio::select! {
+                    changed = rx.changed() => changed.ok()?,
+                    _ = stop.changed() => return None,
+                }
+            }
             let v = rx.borrow_and_update().clone();
-            Some((Ok(v), (rx, false)))
+            Some((Ok(v), (rx, stop, false)))
         },
     ))
 }
@@ -109,7 +128,10 @@ impl Backend for CpuService {
         &self,
         _req: Request<WatchDevicesRequest>,
     ) -> Result<Response<Self::WatchDevicesStream>, Status> {
-        Ok(Response::new(watch_stream(self.inventory_tx.subscribe())))
+        Ok(Response::new(watch_stream(
+            self.inventory_tx.subscribe(),
+            self.stop_tx.subscribe(),
+        )))
     }
 
     async fn prepare(
@@ -169,7 +191,10 @@ impl CpuPool for CpuService {
         &self,
         _req: Request<CpuPoolWatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        Ok(Response::new(watch_stream(self.pool_tx.subscribe())))
+        Ok(Response::new(watch_stream(
+            self.pool_tx.subscribe(),
+            self.stop_tx.subscribe(),
+        )))
     }
 }
 
@@ -236,7 +261,11 @@ fn checked_incoming(
     })
 }
 
-/// Serves both services on `listener` until `shutdown` completes, then removes `path`.
+/// How long open calls may take to finish after the shutdown signal.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves both services on `listener` until `shutdown` completes: watch streams are ended, calls
+/// in flight get [`SHUTDOWN_GRACE`] to finish, then the socket at `path` is removed.
 pub async fn serve(
     service: CpuService,
     listener: UnixListener,
@@ -245,11 +274,31 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     let incoming = checked_incoming(listener, policy);
-    let result = tonic::transport::Server::builder()
+    let fired = Arc::new(tokio::sync::Notify::new());
+    let signal = {
+        let fired = fired.clone();
+        let service = service.clone();
+        async move {
+            shutdown.await;
+            service.stop_streams();
+            fired.notify_one();
+        }
+    };
+    let server = tonic::transport::Server::builder()
         .add_service(BackendServer::new(service.clone()))
         .add_service(CpuPoolServer::new(service))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await;
+        .serve_with_incoming_shutdown(incoming, signal);
+    tokio::pin!(server);
+    let result = tokio::select! {
+        r = &mut server => r,
+        _ = async {
+            fired.notified().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!("calls still open {SHUTDOWN_GRACE:?} after shutdown; closing anyway");
+            Ok(())
+        }
+    };
     if let Err(e) = std::fs::remove_file(path)
         && e.kind() != std::io::ErrorKind::NotFound
     {

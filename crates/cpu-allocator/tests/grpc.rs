@@ -194,17 +194,22 @@ async fn backend_and_pool_over_a_unix_socket() {
         .await
         .unwrap();
 
-    drop(backend);
-    drop(pool);
-    drop(devices);
-    drop(watch);
+    // Shutdown with both watch streams still open: they end and the server drains.
     let _ = srv.stop.take().unwrap().send(());
-    tokio::time::timeout(Duration::from_secs(20), &mut srv.task)
+    let ended = tokio::time::timeout(Duration::from_secs(4), async {
+        while let Ok(Some(_)) = watch.message().await {}
+        while let Ok(Some(_)) = devices.message().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "watch streams end at shutdown");
+    tokio::time::timeout(Duration::from_secs(4), &mut srv.task)
         .await
-        .expect("server stops")
+        .expect("server stops within the grace period")
         .unwrap()
         .unwrap();
     assert!(!srv.socket.exists(), "socket removed on shutdown");
+    drop(backend);
+    drop(pool);
 }
 
 /// Connects as uid 65534 with a tiny Python client that sends the HTTP/2 preface and reports
