@@ -189,6 +189,39 @@ async fn kube_client_round_trip() {
         stored.status.unwrap().reserved_for.unwrap()[0].uid,
         "pod-uid-a"
     );
+
+    // Merge and strategic patches of the status work too.
+    let cleared = claims
+        .patch_status(
+            "c1",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({ "status": { "devices": null } })),
+        )
+        .await
+        .unwrap();
+    assert!(cleared.status.unwrap().devices.is_none());
+    let merged = claims
+        .patch_status(
+            "c1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": { "devices": [{ "driver": DRIVER, "pool": "node-1", "device": "eth1" }] } })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(merged.status.unwrap().devices.unwrap().len(), 1);
+    let ct = api
+        .requests_matching("PATCH", "/c1/status")
+        .iter()
+        .map(|r| r.content_type.clone().unwrap_or_default())
+        .collect::<Vec<_>>();
+    assert_eq!(
+        ct,
+        [
+            "application/apply-patch+yaml",
+            "application/strategic-merge-patch+json",
+            "application/merge-patch+json"
+        ]
+    );
 }
 
 #[tokio::test]

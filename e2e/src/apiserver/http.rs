@@ -391,7 +391,10 @@ fn dispatch(
                         &opts,
                     )?))
                 }
-                "application/merge-patch+json" => {
+                // Strategic merge is taken as a JSON merge patch: for the fields drakit writes
+                // (maps, and `listType=map` lists with several keys, which strategic merge
+                // replaces whole) the two agree.
+                "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
                     let body = parse_body(body)?;
                     Ok(written(shared.store().merge(
                         resource,
