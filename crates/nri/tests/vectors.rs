@@ -435,3 +435,135 @@ async fn stub_answers_like_the_go_plugin_legacy() {
     };
     replay(&dir, "30-legacy", legacy, "legacy", "30").await;
 }
+
+fn payload_of(frame: &[u8]) -> Vec<u8> {
+    match Header::parse(&frame[8..]).unwrap().ty {
+        MessageType::Request => Request::decode(&frame[18..]).unwrap().payload,
+        _ => Response::decode(&frame[18..]).unwrap().payload,
+    }
+}
+
+/// The simulator plays containerd's side against the recorded Go plugin bytes: its frames must
+/// match what containerd sent (byte-exact where deterministic, decoded otherwise), and the
+/// recorded adjustment must land in the container's OCI spec.
+#[tokio::test]
+async fn simulator_talks_like_containerd() {
+    use nri::simulator::{Runtime, SimConfig, default_spec};
+    let Some(dir) = vectors_dir() else { return };
+    let frame = |n: &str| {
+        let name = std::fs::read_dir(dir.join("frames"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .find(|f| f.starts_with(&format!("{n}-")))
+            .unwrap();
+        std::fs::read(dir.join("frames").join(name)).unwrap()
+    };
+    let sync = api::SynchronizeRequest::decode(payload_of(&frame("05")).as_slice()).unwrap();
+    let rt = Runtime::new(SimConfig::default());
+    for p in &sync.pods {
+        rt.add_pod(p.clone());
+    }
+    for c in &sync.containers {
+        rt.add_container(c.clone(), default_spec(&["sleep"]));
+    }
+    let (ours, mut plugin) = UnixStream::pair().unwrap();
+    let rt2 = rt.clone();
+    let attach = tokio::spawn(async move { rt2.attach(ours).await });
+
+    // RegisterPlugin as the Go plugin sent it; the reply must be containerd's exact bytes.
+    // Configure may overtake the reply (containerd does that too), so take both in any order.
+    plugin.write_all(&frame("01")).await.unwrap();
+    let (a, b) = (read_frame(&mut plugin).await, read_frame(&mut plugin).await);
+    let (reply, got) = if a[3] == 2 { (a, b) } else { (b, a) };
+    assert_eq!(hex(&reply), hex(&frame("02")), "RegisterPlugin reply");
+
+    // Configure: same header, envelope and payload bytes (timeouts in ms, versions, name).
+    let want = frame("03");
+    assert_eq!(&got[..18], &want[..18], "Configure framing");
+    let (gr, wr) = (
+        Request::decode(&got[18..]).unwrap(),
+        Request::decode(&want[18..]).unwrap(),
+    );
+    assert_eq!(
+        (&gr.service, &gr.method, &gr.payload),
+        (&wr.service, &wr.method, &wr.payload)
+    );
+    assert!(gr.timeout_nano > 1_000_000_000 && gr.timeout_nano <= 2_000_000_000);
+    plugin.write_all(&frame("04")).await.unwrap();
+
+    // Synchronize: stream 3, the same pods and containers.
+    let got = read_frame(&mut plugin).await;
+    let gh = Header::parse(&got[8..]).unwrap();
+    assert_eq!((gh.stream_id, gh.ty), (3, MessageType::Request));
+    assert_eq!(
+        api::SynchronizeRequest::decode(payload_of(&got).as_slice()).unwrap(),
+        sync
+    );
+    plugin.write_all(&frame("06")).await.unwrap();
+    let info = attach.await.unwrap().unwrap();
+    assert_eq!(
+        (info.name.as_str(), info.index.as_str(), info.events.bits()),
+        ("adjuster", "20", 1577)
+    );
+
+    // RunPodSandbox with the recorded pod.
+    let run = api::RunPodSandboxRequest::decode(payload_of(&frame("07")).as_slice()).unwrap();
+    let rt2 = rt.clone();
+    let pod = run.pod.clone().unwrap();
+    let task = tokio::spawn(async move { rt2.run_pod_sandbox(pod).await });
+    let got = read_frame(&mut plugin).await;
+    assert_eq!(Header::parse(&got[8..]).unwrap().stream_id, 5);
+    assert_eq!(Request::decode(&got[18..]).unwrap().method, "RunPodSandbox");
+    assert_eq!(
+        api::RunPodSandboxRequest::decode(payload_of(&got).as_slice()).unwrap(),
+        run
+    );
+    plugin.write_all(&frame("08")).await.unwrap();
+    task.await.unwrap().unwrap();
+
+    // CreateContainer with the recorded container; the Go plugin's recorded reply is applied.
+    let create = api::CreateContainerRequest::decode(payload_of(&frame("09")).as_slice()).unwrap();
+    let rt2 = rt.clone();
+    let ctr = create.container.clone().unwrap();
+    let task =
+        tokio::spawn(async move { rt2.create_container(ctr, default_spec(&["/bin/sh"])).await });
+    let got = read_frame(&mut plugin).await;
+    assert_eq!(Header::parse(&got[8..]).unwrap().stream_id, 7);
+    let sent = api::CreateContainerRequest::decode(payload_of(&got).as_slice()).unwrap();
+    assert_eq!(
+        sent.container, create.container,
+        "container as containerd showed it"
+    );
+    assert_eq!(
+        sent.pod.as_ref().map(|p| &p.id),
+        create.pod.as_ref().map(|p| &p.id)
+    );
+    plugin.write_all(&frame("10")).await.unwrap();
+    let c = task.await.unwrap().unwrap();
+    let env = c.spec["process"]["env"].as_array().unwrap();
+    assert!(env.iter().any(|e| e == "NRI_ADJUSTED=yes"), "{env:?}");
+    let res = &c.spec["linux"]["resources"];
+    assert_eq!(
+        (
+            res["cpu"]["cpus"].as_str(),
+            res["cpu"]["shares"].as_u64(),
+            res["pids"]["limit"].as_i64()
+        ),
+        (Some("1"), Some(512), Some(77))
+    );
+    assert_eq!(c.container.cdi_devices[0].name, "example.com/dev=dev0");
+    assert!(c.container.env.iter().any(|e| e == "NRI_ADJUSTED=yes"));
+
+    // StartContainer: stream 9, the container now in state CREATED.
+    let rt2 = rt.clone();
+    let id = c.container.id.clone();
+    let task = tokio::spawn(async move { rt2.start_container(&id).await });
+    let got = read_frame(&mut plugin).await;
+    assert_eq!(Header::parse(&got[8..]).unwrap().stream_id, 9);
+    let start = api::StartContainerRequest::decode(payload_of(&got).as_slice()).unwrap();
+    let want = api::StartContainerRequest::decode(payload_of(&frame("11")).as_slice()).unwrap();
+    let (s, w) = (start.container.unwrap(), want.container.unwrap());
+    assert_eq!((s.id.as_str(), s.state), (w.id.as_str(), w.state));
+    plugin.write_all(&frame("12")).await.unwrap();
+    task.await.unwrap().unwrap();
+}

@@ -479,9 +479,11 @@ impl Runtime {
         lock(&self.inner.state).pods.insert(pod.id.clone(), pod);
     }
 
-    /// Add a running container without events (sent in Synchronize).
+    /// Add a container without events (sent in Synchronize); an unset state becomes running.
     pub fn add_container(&self, mut container: Container, spec: Value) {
-        container.state = ContainerState::ContainerRunning as i32;
+        if container.state == ContainerState::ContainerUnknown as i32 {
+            container.state = ContainerState::ContainerRunning as i32;
+        }
         lock(&self.inner.state).containers.insert(
             container.id.clone(),
             SimContainer {
@@ -759,7 +761,7 @@ impl Runtime {
             adjustments: Vec::new(),
             evictions: Vec::new(),
         };
-        sc.container.state = ContainerState::ContainerCreated as i32;
+        // Like containerd, CreateContainer shows the container with no state yet.
         let mut combined = ContainerAdjustment::default();
         let mut all_updates = Vec::new();
         let mut all_evictions = Vec::new();
@@ -810,6 +812,7 @@ impl Runtime {
             }
         }
         let id = sc.container.id.clone();
+        sc.container.state = ContainerState::ContainerCreated as i32;
         lock(&self.inner.state)
             .containers
             .insert(id.clone(), sc.clone());
