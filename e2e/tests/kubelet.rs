@@ -226,6 +226,41 @@ async fn prepare_and_unprepare_over_both_versions() {
 }
 
 #[tokio::test]
+async fn claims_left_out_of_a_response_are_errors() {
+    let env = Env::new();
+    let kubelet = env.kubelet().await;
+    let _p = env.plugin(FakeOptions::new(DRIVER)).await;
+    kubelet.wait_for_driver(DRIVER, WAIT).await.unwrap();
+    let claims = [
+        ClaimRef::new("default", "good", "uid-good"),
+        ClaimRef::new("default", "omitted", "uid-omitted"),
+    ];
+    for version in [DraVersion::V1, DraVersion::V1beta1] {
+        let r = kubelet
+            .prepare_with(DRIVER, &claims, Some(version))
+            .await
+            .unwrap();
+        assert!(r["uid-good"].is_ok());
+        let err = r["uid-omitted"].as_ref().unwrap_err();
+        assert!(
+            err.contains("NodePrepareResources left out claim default/omitted"),
+            "{err}"
+        );
+        let u = kubelet
+            .unprepare_with(DRIVER, &claims, Some(version))
+            .await
+            .unwrap();
+        assert!(u["uid-good"].is_ok());
+        assert!(
+            u["uid-omitted"]
+                .as_ref()
+                .unwrap_err()
+                .contains("NodeUnprepareResources left out")
+        );
+    }
+}
+
+#[tokio::test]
 async fn version_not_advertised_is_refused() {
     let env = Env::new();
     let kubelet = env.kubelet().await;

@@ -60,6 +60,23 @@ fn per_claim<T>(error: &str, ok: impl FnOnce() -> T) -> Result<T, String> {
     }
 }
 
+/// As the kubelet does: a requested claim the plugin left out of the response is an error for
+/// that claim.
+fn left_out<T>(
+    method: &str,
+    claims: &[ClaimRef],
+    results: &mut BTreeMap<String, Result<T, String>>,
+) {
+    for c in claims {
+        results.entry(c.uid.clone()).or_insert_with(|| {
+            Err(format!(
+                "{method} left out claim {}/{} (uid {})",
+                c.namespace, c.name, c.uid
+            ))
+        });
+    }
+}
+
 async fn deadline<T>(
     plugin: &RegisteredPlugin,
     method: &'static str,
@@ -123,7 +140,7 @@ pub(super) async fn prepare(
                 client.node_prepare_resources(request(msg, timeout)),
             )
             .await?;
-            Ok(resp
+            let mut results: BTreeMap<_, _> = resp
                 .claims
                 .into_iter()
                 .map(|(uid, r)| {
@@ -142,7 +159,9 @@ pub(super) async fn prepare(
                     });
                     (uid, result)
                 })
-                .collect())
+                .collect();
+            left_out(METHOD, claims, &mut results);
+            Ok(results)
         }
         DraVersion::V1beta1 => {
             let mut client = v1beta1::dra_plugin_client::DraPluginClient::new(channel);
@@ -163,7 +182,7 @@ pub(super) async fn prepare(
                 client.node_prepare_resources(request(msg, timeout)),
             )
             .await?;
-            Ok(resp
+            let mut results: BTreeMap<_, _> = resp
                 .claims
                 .into_iter()
                 .map(|(uid, r)| {
@@ -182,7 +201,9 @@ pub(super) async fn prepare(
                     });
                     (uid, result)
                 })
-                .collect())
+                .collect();
+            left_out(METHOD, claims, &mut results);
+            Ok(results)
         }
     }
 }
@@ -215,11 +236,13 @@ pub(super) async fn unprepare(
                 client.node_unprepare_resources(request(msg, timeout)),
             )
             .await?;
-            Ok(resp
+            let mut results: BTreeMap<_, _> = resp
                 .claims
                 .into_iter()
                 .map(|(uid, r)| (uid, per_claim(&r.error, || ())))
-                .collect())
+                .collect();
+            left_out(METHOD, claims, &mut results);
+            Ok(results)
         }
         DraVersion::V1beta1 => {
             let mut client = v1beta1::dra_plugin_client::DraPluginClient::new(channel);
@@ -240,11 +263,13 @@ pub(super) async fn unprepare(
                 client.node_unprepare_resources(request(msg, timeout)),
             )
             .await?;
-            Ok(resp
+            let mut results: BTreeMap<_, _> = resp
                 .claims
                 .into_iter()
                 .map(|(uid, r)| (uid, per_claim(&r.error, || ())))
-                .collect())
+                .collect();
+            left_out(METHOD, claims, &mut results);
+            Ok(results)
         }
     }
 }

@@ -3,7 +3,8 @@
 //! `<plugins>/<driver>/dra.sock`, all tonic over unix sockets.
 //!
 //! Behaviour per claim: a claim whose name starts with `bad` gets a per-claim error; one whose name
-//! starts with `slow` sleeps 30 s (for deadline tests); any other is prepared as one device
+//! starts with `slow` sleeps 30 s (for deadline tests); one starting with `omit` is left out of
+//! the response; any other is prepared as one device
 //! `dev-<name>` in pool `pool-1` with CDI ID `drakit.dev/fake=<uid>`.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
@@ -279,6 +280,9 @@ impl v1::dra_plugin_server::DraPlugin for State {
         ));
         let mut resp = v1::NodePrepareResourcesResponse::default();
         for c in claims {
+            if c.name.starts_with("omit") {
+                continue;
+            }
             let r = match outcome(&c.name, &c.uid).await {
                 Ok((device, cdi)) => v1::NodePrepareResourceResponse {
                     devices: vec![v1::Device {
@@ -315,6 +319,9 @@ impl v1::dra_plugin_server::DraPlugin for State {
         ));
         let mut resp = v1::NodeUnprepareResourcesResponse::default();
         for c in claims {
+            if c.name.starts_with("omit") {
+                continue;
+            }
             let error = outcome(&c.name, &c.uid).await.err().unwrap_or_default();
             resp.claims
                 .insert(c.uid, v1::NodeUnprepareResourceResponse { error });
@@ -337,6 +344,9 @@ impl v1beta1::dra_plugin_server::DraPlugin for State {
         ));
         let mut resp = v1beta1::NodePrepareResourcesResponse::default();
         for c in claims {
+            if c.name.starts_with("omit") {
+                continue;
+            }
             let r = match outcome(&c.name, &c.uid).await {
                 Ok((device, cdi)) => v1beta1::NodePrepareResourceResponse {
                     devices: vec![v1beta1::Device {
@@ -369,6 +379,9 @@ impl v1beta1::dra_plugin_server::DraPlugin for State {
         ));
         let mut resp = v1beta1::NodeUnprepareResourcesResponse::default();
         for c in claims {
+            if c.name.starts_with("omit") {
+                continue;
+            }
             let error = outcome(&c.name, &c.uid).await.err().unwrap_or_default();
             resp.claims
                 .insert(c.uid, v1beta1::NodeUnprepareResourceResponse { error });
