@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::cpuset::CpuSet;
-use crate::topology::{Cpu, Topology};
+use crate::topology::{CoreType, Cpu, Topology};
 
 /// Why no CPUs could be chosen.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,6 +26,31 @@ pub enum AllocError {
     Insufficient { requested: usize, available: usize },
     #[error("a request for 0 CPUs")]
     Zero,
+    #[error("{requested} CPUs cannot be whole cores: got {got}, which splits a core")]
+    NotWholeCores { requested: usize, got: CpuSet },
+    #[error("{requested} CPUs do not fit on one NUMA node (best choice spans nodes {nodes})")]
+    NotOneNumaNode { requested: usize, nodes: CpuSet },
+}
+
+/// How strictly SMT siblings are treated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SmtPolicy {
+    /// Whole cores first, a lone thread where the count is odd (default).
+    #[default]
+    Prefer,
+    /// Only whole, fully free cores; a count that would split a core is refused (like the
+    /// kubelet's `full-pcpus-only`).
+    FullCores,
+}
+
+/// Constraints on a pick (what a claim's `CpuConfig` can ask for).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PickOptions {
+    pub smt: SmtPolicy,
+    /// Only CPUs of this core type (hybrid parts; on others no CPU has a type, so nothing fits).
+    pub core_type: Option<CoreType>,
+    /// Refuse a choice that spans NUMA nodes.
+    pub single_numa_node: bool,
 }
 
 /// Levels of the tree; the last one (core) holds threads.
@@ -76,11 +101,55 @@ fn build(cpus: &[&Cpu], level: usize) -> Node {
     }
 }
 
-/// Chooses `count` CPUs out of `free` (all must be online CPUs of `topo`).
+/// Chooses `count` CPUs out of `free` (CPUs unknown to `topo` are ignored), default options.
 pub fn pick(topo: &Topology, free: &CpuSet, count: usize) -> Result<CpuSet, AllocError> {
+    pick_with(topo, free, count, PickOptions::default())
+}
+
+/// Chooses `count` CPUs out of `free` under `opts`.
+pub fn pick_with(
+    topo: &Topology,
+    free: &CpuSet,
+    count: usize,
+    opts: PickOptions,
+) -> Result<CpuSet, AllocError> {
     if count == 0 {
         return Err(AllocError::Zero);
     }
+    let candidates: CpuSet = free
+        .iter()
+        .filter(|id| {
+            topo.cpus.get(id).is_some_and(|c| {
+                opts.core_type.is_none_or(|t| c.core_type == Some(t))
+                    && (opts.smt == SmtPolicy::Prefer || c.siblings.is_subset(free))
+            })
+        })
+        .collect();
+    let got = pick_from(topo, &candidates, count)?;
+    if opts.smt == SmtPolicy::FullCores
+        && got
+            .iter()
+            .filter_map(|c| topo.cpus.get(&c))
+            .any(|c| !c.siblings.is_subset(&got))
+    {
+        return Err(AllocError::NotWholeCores {
+            requested: count,
+            got,
+        });
+    }
+    if opts.single_numa_node {
+        let nodes = topo.mems_of(&got);
+        if nodes.len() > 1 {
+            return Err(AllocError::NotOneNumaNode {
+                requested: count,
+                nodes,
+            });
+        }
+    }
+    Ok(got)
+}
+
+fn pick_from(topo: &Topology, free: &CpuSet, count: usize) -> Result<CpuSet, AllocError> {
     let mut cpus: Vec<&Cpu> = free.iter().filter_map(|id| topo.cpus.get(&id)).collect();
     if cpus.len() < count {
         return Err(AllocError::Insufficient {
@@ -308,6 +377,51 @@ mod tests {
         assert_eq!(pick(&t, &t.online, 4).unwrap(), set("16-19"));
         // One CPU: an E-core (a whole core by itself) rather than half a P-core.
         assert_eq!(pick(&t, &t.online, 1).unwrap(), set("16"));
+    }
+
+    #[test]
+    fn options() {
+        let (_d, t) = topo("alderlake-8p8e");
+        let p = PickOptions {
+            core_type: Some(CoreType::Performance),
+            ..Default::default()
+        };
+        assert_eq!(pick_with(&t, &t.online, 1, p).unwrap(), set("0"));
+        assert_eq!(pick_with(&t, &t.online, 4, p).unwrap(), set("0-3"));
+        let e = PickOptions {
+            core_type: Some(CoreType::Efficiency),
+            ..Default::default()
+        };
+        assert_eq!(pick_with(&t, &t.online, 6, e).unwrap(), set("16-21"));
+        assert!(matches!(
+            pick_with(&t, &t.online, 9, e),
+            Err(AllocError::Insufficient { available: 8, .. })
+        ));
+
+        let (_d, x) = topo("xeon-2s-smt");
+        let full = PickOptions {
+            smt: SmtPolicy::FullCores,
+            ..Default::default()
+        };
+        // cpu40 taken: its sibling cpu0 is no candidate for whole cores.
+        let free = x.online.difference(&set("40"));
+        assert_eq!(pick_with(&x, &free, 2, full).unwrap(), set("1,41"));
+        let err = pick_with(&x, &free, 3, full).unwrap_err();
+        assert!(matches!(err, AllocError::NotWholeCores { .. }), "{err}");
+        assert!(err.to_string().contains("splits a core"));
+
+        let one = PickOptions {
+            single_numa_node: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            x.mems_of(&pick_with(&x, &x.online, 40, one).unwrap()),
+            set("0")
+        );
+        let err = pick_with(&x, &x.online, 41, one).unwrap_err();
+        assert!(matches!(err, AllocError::NotOneNumaNode { .. }), "{err}");
+        // Without the constraint 41 spans both nodes.
+        assert_eq!(x.mems_of(&pick(&x, &x.online, 41).unwrap()), set("0-1"));
     }
 
     #[test]

@@ -162,14 +162,14 @@ impl MachineSpec {
         }
     }
 
-    /// Number of logical CPUs the description yields (online or not).
+    /// Number of logical CPUs the description yields (online or not), saturating.
     pub fn cpu_count(&self) -> u64 {
-        let per_die: u64 = self
-            .core_groups
-            .iter()
-            .map(|g| u64::from(g.cores) * u64::from(g.threads))
-            .sum();
-        per_die * u64::from(self.packages) * u64::from(self.dies_per_package)
+        let per_die = self.core_groups.iter().fold(0u64, |acc, g| {
+            acc.saturating_add(u64::from(g.cores).saturating_mul(u64::from(g.threads)))
+        });
+        per_die
+            .saturating_mul(u64::from(self.packages))
+            .saturating_mul(u64::from(self.dies_per_package))
     }
 
     fn generate(&self) -> Result<Vec<GenCpu>, FixtureError> {
@@ -191,6 +191,9 @@ impl MachineSpec {
             return Err(self.invalid("too many CPUs"));
         }
         let die_cores: u32 = self.core_groups.iter().map(|g| g.cores).sum();
+        if self.numa_nodes_per_die > die_cores {
+            return Err(self.invalid("numaNodesPerDie exceeds the cores of a die"));
+        }
         let cores_per_node = die_cores.div_ceil(self.numa_nodes_per_die);
 
         // Cores in numbering order, each with its threads' properties.

@@ -291,9 +291,124 @@ fn bad_descriptions_are_refused() {
     let dir = tempfile::tempdir_in(drakit_cpu::fixture::scratch_parent()).unwrap();
     let err = spec.materialize(dir.path()).unwrap_err().to_string();
     assert!(err.contains("coreGroups[0]"), "{err}");
+    let mut spec = MachineSpec::load(&fixtures_dir().join("alderlake-8p8e.json")).unwrap();
+    spec.numa_nodes_per_die = u32::MAX;
+    let err = spec.materialize(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("numaNodesPerDie"), "{err}");
+    let mut spec = MachineSpec::load(&fixtures_dir().join("alderlake-8p8e.json")).unwrap();
+    spec.packages = u32::MAX;
+    spec.dies_per_package = u32::MAX;
+    let err = spec.materialize(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("too many CPUs"), "{err}");
     let text = r#"{"name":"x","packages":1,"coreGroups":[{"cores":1}],"bogus":1}"#;
     let path = dir.path().join("x.json");
     std::fs::write(&path, text).unwrap();
     let err = MachineSpec::load(&path).unwrap_err().to_string();
     assert!(err.contains("bogus"), "{err}");
+}
+
+mod random_machines {
+    use drakit_cpu::alloc;
+    use drakit_cpu::fixture::{CoreGroup, MachineSpec, SmtNumbering, SpecCoreType};
+    use drakit_cpu::{CpuSet, Topology};
+    use proptest::prelude::*;
+
+    fn group() -> impl Strategy<Value = CoreGroup> {
+        (
+            1u32..6,
+            1u32..3,
+            prop_oneof![
+                Just(None),
+                Just(Some(SpecCoreType::P)),
+                Just(Some(SpecCoreType::E))
+            ],
+            1u32..4,
+            1u32..4,
+            prop_oneof![Just(None), (1u32..4).prop_map(Some)],
+        )
+            .prop_map(|(cores, threads, core_type, cl, l2, l3)| CoreGroup {
+                cores,
+                threads,
+                core_type,
+                cores_per_cluster: cl,
+                cores_per_l2: l2,
+                cores_per_l3: l3,
+            })
+    }
+
+    fn spec() -> impl Strategy<Value = (MachineSpec, Vec<u32>, Vec<u32>, usize)> {
+        (
+            1u32..3,
+            1u32..3,
+            1u32..3,
+            any::<bool>(),
+            proptest::collection::vec(group(), 1..3),
+            proptest::collection::vec(1u32..80, 0..6),
+            proptest::collection::vec(0u32..80, 0..4),
+            1usize..40,
+        )
+            .prop_map(|(p, d, n, split, groups, offline, isolated, k)| {
+                let spec = MachineSpec {
+                    name: "random".into(),
+                    description: String::new(),
+                    packages: p,
+                    dies_per_package: d,
+                    numa_nodes_per_die: n,
+                    smt_numbering: if split {
+                        SmtNumbering::Split
+                    } else {
+                        SmtNumbering::Adjacent
+                    },
+                    core_groups: groups,
+                    offline: String::new(),
+                    isolated: String::new(),
+                    cache_ids: true,
+                };
+                (spec, offline, isolated, k)
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Generator, discovery and picker agree on any small machine.
+        #[test]
+        fn generated_machines_round_trip((mut spec, offline, isolated, k) in spec()) {
+            let total = spec.cpu_count() as u32;
+            let offline: CpuSet = offline.into_iter().filter(|c| *c < total).collect();
+            spec.offline = offline.to_string();
+            spec.isolated = isolated.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",");
+            let dir = tempfile::tempdir_in(drakit_cpu::fixture::scratch_parent()).unwrap();
+            let r = spec.materialize(dir.path());
+            if spec.numa_nodes_per_die > spec.core_groups.iter().map(|g| g.cores).sum::<u32>() {
+                prop_assert!(r.is_err());
+                return Ok(());
+            }
+            r.unwrap();
+            let t = Topology::discover(dir.path()).unwrap();
+            let all: CpuSet = (0..total).collect();
+            prop_assert_eq!(&t.online, &all.difference(&offline));
+            prop_assert_eq!(t.cpus.len(), t.online.len());
+            let max_threads = spec.core_groups.iter().map(|g| g.threads).max().unwrap() as usize;
+            for c in t.cpus.values() {
+                prop_assert!(c.siblings.contains(c.id));
+                prop_assert!(c.siblings.is_subset(&t.online));
+                prop_assert!(c.siblings.len() <= max_threads);
+                prop_assert!(c.caches.iter().all(Option::is_some));
+                // Siblings agree with each other.
+                for s in c.siblings.iter() {
+                    prop_assert_eq!(&t.cpus[&s].siblings, &c.siblings);
+                    prop_assert_eq!(t.cpus[&s].core_key(), c.core_key());
+                }
+            }
+            let covered = t.numa_nodes.values().fold(CpuSet::new(), |a, s| a.union(s));
+            prop_assert_eq!(&covered, &t.online);
+            let iso: CpuSet = isolated.into_iter().collect();
+            prop_assert_eq!(&t.isolated, &iso);
+            let k = k.min(t.online.len());
+            let got = alloc::pick(&t, &t.online, k).unwrap();
+            prop_assert_eq!(got.len(), k);
+            prop_assert!(got.is_subset(&t.online));
+        }
+    }
 }
