@@ -3,7 +3,7 @@
 //! - inventory build for 1,024 CPUs (≤ 20 ms),
 //! - idle RSS of the daemon (≤ 10 MiB).
 //!
-//! Run: `cargo build --release -p drakit-cpu && cargo run --release -p drakit-cpu --example bench`
+//! Run: `cargo build --release -p drakit-cpu && cargo run --release -p drakit-cpu --example bench_cpu`
 //! (the RSS part needs the release binary next to the example; it says `skipped:` otherwise).
 
 use std::collections::HashMap;
