@@ -172,6 +172,11 @@ impl StateStore for FileStore {
     }
 
     fn put(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        if std::str::from_utf8(value).is_err() {
+            return Err(self.corrupt(format!(
+                "value for {key:?} is not UTF-8 (this store keeps text)"
+            )));
+        }
         let old = self.map.insert(key.to_string(), value.to_vec());
         if let Err(e) = self.flush() {
             match old {
@@ -214,6 +219,7 @@ mod tests {
         assert!(s.load().unwrap().is_empty());
         s.put("a", b"{\"x\":1}").unwrap();
         s.put("b", b"two").unwrap();
+        assert!(s.put("bin", &[0xff, 0xfe]).is_err());
         s.delete("b").unwrap();
         s.delete("missing").unwrap();
         let mut again = FileStore::new(&path).unwrap();
