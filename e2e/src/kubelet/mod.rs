@@ -213,6 +213,8 @@ struct Shared {
     config: KubeletSimConfig,
     state: Mutex<State>,
     changes: Changes,
+    /// Pending slice wipes, cancelled when the simulator stops.
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 impl Shared {
@@ -220,6 +222,10 @@ impl Shared {
         // A panic while holding the lock cannot leave State inconsistent in a way that matters to a
         // test harness: keep going with what is there.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_tasks(&self) -> MutexGuard<'_, Vec<tokio::task::AbortHandle>> {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn record(&self, event: RegistrationEvent) {
@@ -238,7 +244,7 @@ pub struct KubeletSim {
 
 impl Drop for KubeletSim {
     fn drop(&mut self) {
-        self.watcher.abort();
+        self.stop();
     }
 }
 
@@ -255,15 +261,20 @@ impl KubeletSim {
             config,
             state: Mutex::new(State::default()),
             changes: Changes::default(),
+            tasks: Mutex::new(Vec::new()),
         });
         let watcher = tokio::spawn(watcher::run(shared.clone()));
         Ok(Self { shared, watcher })
     }
 
-    /// Stops the plugin watcher (no more registrations or deregistrations are noticed; calls to
-    /// registered instances still work). Dropping does the same.
+    /// Stops the plugin watcher and cancels pending slice wipes (no more registrations or
+    /// deregistrations are noticed; calls to registered instances still work). Dropping does the
+    /// same.
     pub fn stop(&self) {
         self.watcher.abort();
+        for task in self.shared.lock_tasks().drain(..) {
+            task.abort();
+        }
     }
 
     /// The configuration in force.

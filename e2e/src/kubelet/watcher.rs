@@ -166,7 +166,9 @@ fn schedule_wipe(shared: &Arc<Shared>, driver: &str) {
     };
     let shared = Arc::clone(shared);
     let driver = driver.to_owned();
-    tokio::spawn(async move {
+    let task_shared = Arc::clone(&shared);
+    let task = tokio::spawn(async move {
+        let shared = task_shared;
         tokio::time::sleep(link.wipe_delay).await;
         let due = shared.lock().pending_wipes.get(&driver) == Some(&token);
         if !due {
@@ -179,6 +181,9 @@ fn schedule_wipe(shared: &Arc<Shared>, driver: &str) {
             result,
         });
     });
+    let mut tasks = shared.lock_tasks();
+    tasks.retain(|t| !t.is_finished());
+    tasks.push(task.abort_handle());
 }
 
 enum Outcome {
