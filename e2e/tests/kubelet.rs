@@ -586,3 +586,52 @@ impl drakit_proto::pluginregistration::registration_server::Registration for For
         ))
     }
 }
+
+#[tokio::test]
+async fn re_registering_within_the_delay_cancels_the_wipe() {
+    use drakit_e2e::apiserver::ApiServerSim;
+    use drakit_e2e::kubelet::ApiServerLink;
+    const CLOCK: &str = "clock.drakit.dev";
+
+    let api = ApiServerSim::start().await.unwrap();
+    let env = Env::new();
+    let mut config = KubeletSimConfig::new(env.registry());
+    let mut link = ApiServerLink::new(api.url(), "node-1");
+    link.wipe_delay = Duration::from_secs(1);
+    config.api_server = Some(link);
+    let kubelet = KubeletSim::start(config).await.unwrap();
+
+    let mut first = env.plugin(FakeOptions::new(DRIVER)).await;
+    let mut clock = env.plugin(FakeOptions::new(CLOCK)).await;
+    kubelet.wait_for_driver(DRIVER, WAIT).await.unwrap();
+    kubelet.wait_for_driver(CLOCK, WAIT).await.unwrap();
+
+    // DRIVER leaves first, then CLOCK: CLOCK's wipe is due after DRIVER's would be.
+    first.stop_endpoint();
+    first.remove_registration();
+    kubelet.wait_for_driver_gone(DRIVER, WAIT).await.unwrap();
+    clock.remove_registration();
+    kubelet.wait_for_driver_gone(CLOCK, WAIT).await.unwrap();
+    // DRIVER is back well within the delay: its wipe is off.
+    let _second = env.plugin(FakeOptions::new(DRIVER)).await;
+    kubelet.wait_for_driver(DRIVER, WAIT).await.unwrap();
+    api.insert_slice(&test_slice("n1-net", "node-1", DRIVER))
+        .unwrap();
+
+    kubelet
+        .wait_for_event(
+            WAIT,
+            |e| matches!(e, RegistrationEvent::SlicesWiped { driver: Some(d), .. } if d == CLOCK),
+        )
+        .await
+        .unwrap();
+    let driver_wipes = kubelet
+        .events()
+        .into_iter()
+        .filter(
+            |e| matches!(e, RegistrationEvent::SlicesWiped { driver: Some(d), .. } if d == DRIVER),
+        )
+        .count();
+    assert_eq!(driver_wipes, 0, "{:?}", kubelet.events());
+    assert_eq!(slice_names(&api), ["n1-net"]);
+}
