@@ -788,3 +788,46 @@ async fn watch_resumes_from_a_resource_version() {
     );
     assert_eq!(events[1]["object"]["metadata"]["generation"], 2);
 }
+
+#[tokio::test]
+async fn pool_view_follows_generations() {
+    let api = ApiServerSim::start().await.unwrap();
+    let addr = api.addr();
+    let with_pool = |name: &str, generation: i64, count: i64, devices: &[&str]| {
+        let mut s = slice(name, "node-1", devices);
+        s["spec"]["pool"] =
+            json!({ "name": "node-1", "generation": generation, "resourceSliceCount": count });
+        s
+    };
+    assert_eq!(api.pool(DRIVER, "node-1").generation, None);
+    // Generation 1 in two slices: incomplete until both are there.
+    http::apply(
+        addr,
+        &apply_path("p-a", "drakit"),
+        &with_pool("p-a", 1, 2, &["eth1"]),
+    )
+    .await;
+    assert!(!api.pool(DRIVER, "node-1").complete);
+    http::apply(
+        addr,
+        &apply_path("p-b", "drakit"),
+        &with_pool("p-b", 1, 2, &["eth2"]),
+    )
+    .await;
+    let pool = api.pool(DRIVER, "node-1");
+    assert!(pool.complete);
+    assert_eq!(pool.devices, ["eth1", "eth2"]);
+    // Generation 2 in one slice: the old slice of generation 1 no longer counts.
+    http::apply(
+        addr,
+        &apply_path("p-a", "drakit"),
+        &with_pool("p-a", 2, 1, &["eth1", "eth3"]),
+    )
+    .await;
+    let pool = api.pool(DRIVER, "node-1");
+    assert_eq!(pool.generation, Some(2));
+    assert!(pool.complete);
+    assert_eq!(pool.devices, ["eth1", "eth3"]);
+    assert_eq!(api.slices_for("node-1", DRIVER).len(), 2);
+    assert!(api.slices_for("node-2", DRIVER).is_empty());
+}

@@ -111,6 +111,19 @@ impl RecordedRequest {
     }
 }
 
+/// A pool as the scheduler sees it (see [`ApiServerSim::pool`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolView {
+    /// The newest `spec.pool.generation` among the pool's slices; `None` when there are none.
+    pub generation: Option<i64>,
+    /// The slices of that generation, by name.
+    pub slices: Vec<ResourceSlice>,
+    /// Device names across those slices, in slice order.
+    pub devices: Vec<String>,
+    /// Whether the newest generation has exactly `resourceSliceCount` slices, all agreeing.
+    pub complete: bool,
+}
+
 /// A fault to answer requests with instead of serving them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fault {
@@ -478,6 +491,49 @@ impl ApiServerSim {
     pub fn slices(&self) -> Vec<ResourceSlice> {
         let all = self.shared.store().all(Resource::ResourceSlices);
         all.into_iter().filter_map(Self::typed).collect()
+    }
+
+    /// The stored ResourceSlices of `driver` on `node` (`spec.nodeName`), by name.
+    pub fn slices_for(&self, node: &str, driver: &str) -> Vec<ResourceSlice> {
+        self.slices()
+            .into_iter()
+            .filter(|s| s.spec.driver == driver && s.spec.node_name.as_deref() == Some(node))
+            .collect()
+    }
+
+    /// How a pool looks to the scheduler: the slices of its newest generation, and whether that
+    /// generation is complete (as many slices as `resourceSliceCount` says, all agreeing on it).
+    pub fn pool(&self, driver: &str, pool: &str) -> PoolView {
+        let slices: Vec<ResourceSlice> = self
+            .slices()
+            .into_iter()
+            .filter(|s| s.spec.driver == driver && s.spec.pool.name == pool)
+            .collect();
+        let generation = slices.iter().map(|s| s.spec.pool.generation).max();
+        let newest: Vec<ResourceSlice> = slices
+            .into_iter()
+            .filter(|s| Some(s.spec.pool.generation) == generation)
+            .collect();
+        let counts: std::collections::BTreeSet<i64> = newest
+            .iter()
+            .map(|s| s.spec.pool.resource_slice_count)
+            .collect();
+        let complete = counts.len() == 1
+            && counts
+                .iter()
+                .next()
+                .is_some_and(|c| usize::try_from(*c).ok() == Some(newest.len()));
+        let devices = newest
+            .iter()
+            .flat_map(|s| s.spec.devices.iter().flatten())
+            .map(|d| d.name.clone())
+            .collect();
+        PoolView {
+            generation,
+            slices: newest,
+            devices,
+            complete,
+        }
     }
 
     /// Every stored ResourceClaim, by namespace/name.
