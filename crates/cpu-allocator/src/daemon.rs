@@ -12,13 +12,11 @@ use crate::fixture::MachineSpec;
 use crate::inventory::{DeviceModel, GroupBy};
 use crate::server::{self, CpuService, PeerPolicy, ServerError};
 use crate::state::{Manager, PoolConfig, StateError};
-use crate::store::{FileStore, StoreError};
+use crate::store::{CheckpointStore, StoreError};
 use crate::topology::{Topology, TopologyError};
 
 /// Default socket of the daemon.
 pub const DEFAULT_SOCKET: &str = "/run/drakit/cpu.sock";
-/// Name of the state file inside the state directory.
-pub const STATE_FILE: &str = "cpu-state.json";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ModelArg {
@@ -205,7 +203,10 @@ pub async fn run(
         }
     };
     let boot_id = read_boot_id(&cfg.boot_id_file)?;
-    let store = FileStore::new(&cfg.state_dir.join(STATE_FILE))?;
+    let (store, report) = CheckpointStore::open(&cfg.state_dir, &boot_id)?;
+    for w in report.warnings() {
+        tracing::warn!("{w}");
+    }
     let manager = Manager::new(topo, cfg.pool.clone(), &boot_id, Box::new(store))?;
     tracing::info!(
         cpus = %manager.topology().online,

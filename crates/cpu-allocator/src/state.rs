@@ -14,16 +14,9 @@ use crate::inventory::{self, CPUS_CAPACITY, DeviceModel};
 use crate::store::{StateStore, StoreError};
 use crate::topology::Topology;
 
-/// Prefix of the CDI environment variable that carries a claim's exclusive CPUs to the NRI
-/// sidecar: `DRAKIT_CPUS_<claim uid, '-' replaced by '_'>=<cpulist>`.
-///
-/// Interim: `drakit_types::constants` will own this name once it lands; keep the two equal.
-pub const CPUS_ENV_PREFIX: &str = "DRAKIT_CPUS_";
-
-/// The environment variable name for a claim.
-pub fn cpus_env_name(claim_uid: &str) -> String {
-    format!("{CPUS_ENV_PREFIX}{}", claim_uid.replace('-', "_"))
-}
+/// The CDI environment variable that carries a claim's exclusive CPUs to the NRI sidecar:
+/// `DRAKIT_CPUS_<sanitised claim uid>=<cpulist>` (names from `drakit_types::constants`).
+pub use drakit_types::constants::{CPUS_ENV_PREFIX, cpus_env_name};
 
 /// Node-level settings of the allocator.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,33 +1,31 @@
 //! Persistence of the claim records behind a small key → value trait.
 //!
-//! `drakit_types::checkpoint` (the shared append-only journal) had not landed when this crate was
-//! written, so [`FileStore`] is an interim implementation: the whole map in one JSON document with
-//! a format version and a CRC-32, replaced atomically (temp file, fsync, rename, fsync of the
-//! directory). The records are few (one per claim) and small, so a full rewrite per change costs
-//! about one file creation plus two fsyncs. Switching to the shared journal means one more
-//! implementation of [`StateStore`].
+//! [`CheckpointStore`] is the production store: the shared `drakit_types::checkpoint` journal
+//! (append-only checksummed records, compacted by atomic replace, boot ID in the header).
+//! [`MemoryStore`] serves tests; its clones share one map so a test can "restart" on it.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-/// Errors of a store; they name the file.
+use drakit_types::checkpoint::{BootIdSource, Checkpoint, CheckpointError, LoadReport, Options};
+
+/// Errors of a store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("state file {path}: {source}")]
-    Io {
-        path: PathBuf,
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("state value for key {key:?} is not JSON: {source}")]
+    NotJson {
+        key: String,
         #[source]
-        source: std::io::Error,
+        source: serde_json::Error,
     },
-    #[error("state file {path} is corrupt: {reason}")]
-    Corrupt { path: PathBuf, reason: String },
     #[error("state store lock poisoned")]
     Poisoned,
 }
 
-/// Durable key → value storage; `put` and `delete` are durable when they return.
+/// Durable key → value storage; `put` and `delete` are durable when they return. Values are JSON.
 pub trait StateStore: Send {
     fn load(&mut self) -> Result<BTreeMap<String, Vec<u8>>, StoreError>;
     fn put(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError>;
@@ -66,136 +64,59 @@ impl StateStore for MemoryStore {
     }
 }
 
-const FORMAT_VERSION: u32 = 1;
+/// File name of drakit-cpu's checkpoint inside its state directory.
+pub const CHECKPOINT_NAME: &str = "cpu.checkpoint";
 
-#[derive(serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileDoc {
-    version: u32,
-    /// CRC-32 of the canonical JSON of `entries`.
-    crc32: u32,
-    entries: BTreeMap<String, String>,
-}
-
-/// The whole map in one atomically replaced file (interim, see the module docs).
+/// The shared checkpoint journal as a [`StateStore`].
 #[derive(Debug)]
-pub struct FileStore {
-    path: PathBuf,
-    map: BTreeMap<String, Vec<u8>>,
+pub struct CheckpointStore {
+    cp: Checkpoint<serde_json::Value>,
 }
 
-impl FileStore {
-    /// A store at `path`; the parent directory is created (0700) if missing.
-    pub fn new(path: &Path) -> Result<Self, StoreError> {
-        if let Some(dir) = path.parent() {
-            create_private_dir(dir).map_err(|source| StoreError::Io {
-                path: dir.to_path_buf(),
-                source,
-            })?;
-        }
-        Ok(Self {
-            path: path.to_path_buf(),
-            map: BTreeMap::new(),
-        })
+impl CheckpointStore {
+    /// Opens `<dir>/cpu.checkpoint` (dir created 0700) stamped with `boot_id`. The report says
+    /// whether a torn tail was dropped, a corrupt file moved aside, or the boot changed: log
+    /// [`LoadReport::warnings`].
+    pub fn open(dir: &Path, boot_id: &str) -> Result<(Self, LoadReport), StoreError> {
+        let mut opts = Options::new(dir, CHECKPOINT_NAME);
+        opts.boot_id = BootIdSource::Fixed(boot_id.to_string());
+        let (cp, report) = Checkpoint::open(opts)?;
+        Ok((Self { cp }, report))
     }
 
-    fn corrupt(&self, reason: impl Into<String>) -> StoreError {
-        StoreError::Corrupt {
-            path: self.path.clone(),
-            reason: reason.into(),
-        }
-    }
-
-    fn io(&self, source: std::io::Error) -> StoreError {
-        StoreError::Io {
-            path: self.path.clone(),
-            source,
-        }
-    }
-
-    fn flush(&self) -> Result<(), StoreError> {
-        let entries: BTreeMap<String, String> = self
-            .map
-            .iter()
-            .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
-            .collect();
-        let body = serde_json::to_vec(&entries).map_err(|e| self.corrupt(e.to_string()))?;
-        let doc = FileDoc {
-            version: FORMAT_VERSION,
-            crc32: crc32fast::hash(&body),
-            entries,
-        };
-        let bytes = serde_json::to_vec_pretty(&doc).map_err(|e| self.corrupt(e.to_string()))?;
-        let tmp = self.path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(|e| self.io(e))?;
-        f.write_all(&bytes).map_err(|e| self.io(e))?;
-        f.sync_all().map_err(|e| self.io(e))?;
-        drop(f);
-        std::fs::rename(&tmp, &self.path).map_err(|e| self.io(e))?;
-        if let Some(dir) = self.path.parent()
-            && let Ok(d) = std::fs::File::open(dir)
-        {
-            d.sync_all().map_err(|e| self.io(e))?;
-        }
-        Ok(())
+    pub fn path(&self) -> PathBuf {
+        self.cp.path().to_path_buf()
     }
 }
 
-impl StateStore for FileStore {
+impl StateStore for CheckpointStore {
     fn load(&mut self) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
-        let bytes = match std::fs::read(&self.path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                self.map.clear();
-                return Ok(BTreeMap::new());
-            }
-            Err(e) => return Err(self.io(e)),
-        };
-        let doc: FileDoc =
-            serde_json::from_slice(&bytes).map_err(|e| self.corrupt(e.to_string()))?;
-        if doc.version != FORMAT_VERSION {
-            return Err(self.corrupt(format!(
-                "format version {} (this build reads {FORMAT_VERSION})",
-                doc.version
-            )));
-        }
-        let body = serde_json::to_vec(&doc.entries).map_err(|e| self.corrupt(e.to_string()))?;
-        if crc32fast::hash(&body) != doc.crc32 {
-            return Err(self.corrupt("checksum mismatch"));
-        }
-        self.map = doc
-            .entries
-            .into_iter()
-            .map(|(k, v)| (k, v.into_bytes()))
-            .collect();
-        Ok(self.map.clone())
+        self.cp
+            .entries()
+            .iter()
+            .map(|(k, v)| {
+                serde_json::to_vec(v)
+                    .map(|b| (k.clone(), b))
+                    .map_err(|source| StoreError::NotJson {
+                        key: k.clone(),
+                        source,
+                    })
+            })
+            .collect()
     }
 
     fn put(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        if std::str::from_utf8(value).is_err() {
-            return Err(self.corrupt(format!(
-                "value for {key:?} is not UTF-8 (this store keeps text)"
-            )));
-        }
-        let old = self.map.insert(key.to_string(), value.to_vec());
-        if let Err(e) = self.flush() {
-            match old {
-                Some(v) => self.map.insert(key.to_string(), v),
-                None => self.map.remove(key),
-            };
-            return Err(e);
-        }
+        let v: serde_json::Value =
+            serde_json::from_slice(value).map_err(|source| StoreError::NotJson {
+                key: key.to_string(),
+                source,
+            })?;
+        self.cp.put(key, v)?;
         Ok(())
     }
 
     fn delete(&mut self, key: &str) -> Result<(), StoreError> {
-        let Some(old) = self.map.remove(key) else {
-            return Ok(());
-        };
-        if let Err(e) = self.flush() {
-            self.map.insert(key.to_string(), old);
-            return Err(e);
-        }
+        self.cp.remove(key)?;
         Ok(())
     }
 }
@@ -212,28 +133,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn file_store_round_trip_and_corruption() {
+    fn checkpoint_store_round_trip_and_corruption() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state/cpu.json");
-        let mut s = FileStore::new(&path).unwrap();
+        let state = dir.path().join("state");
+        let (mut s, report) = CheckpointStore::open(&state, "boot-a").unwrap();
+        assert!(report.created);
         assert!(s.load().unwrap().is_empty());
-        s.put("a", b"{\"x\":1}").unwrap();
-        s.put("b", b"two").unwrap();
+        s.put("a", br#"{"x":1}"#).unwrap();
+        s.put("b", b"\"two\"").unwrap();
         assert!(s.put("bin", &[0xff, 0xfe]).is_err());
         s.delete("b").unwrap();
         s.delete("missing").unwrap();
-        let mut again = FileStore::new(&path).unwrap();
+        let path = s.path();
+        drop(s);
+
+        let (mut again, report) = CheckpointStore::open(&state, "boot-a").unwrap();
+        assert!(!report.boot_changed);
         let map = again.load().unwrap();
         assert_eq!(map.len(), 1);
-        assert_eq!(map["a"], b"{\"x\":1}");
+        assert_eq!(map["a"], br#"{"x":1}"#);
+        drop(again);
 
-        let text = std::fs::read_to_string(&path).unwrap();
-        std::fs::write(&path, text.replace("\\\"x\\\":1", "\\\"x\\\":2")).unwrap();
-        let err = FileStore::new(&path).unwrap().load().unwrap_err();
-        assert!(err.to_string().contains("checksum mismatch"), "{err}");
+        // A reboot is reported (the records' own boot IDs decide what is stale).
+        let (_, report) = CheckpointStore::open(&state, "boot-b").unwrap();
+        assert!(report.boot_changed);
 
-        std::fs::write(&path, "not json").unwrap();
-        let err = FileStore::new(&path).unwrap().load().unwrap_err();
-        assert!(err.to_string().contains("corrupt"), "{err}");
+        // Garbage: moved aside, empty state, a warning to log, no error.
+        std::fs::write(&path, "not a checkpoint").unwrap();
+        let (mut s, report) = CheckpointStore::open(&state, "boot-b").unwrap();
+        assert!(report.corruption.is_some());
+        assert!(!report.warnings().is_empty());
+        assert!(s.load().unwrap().is_empty());
     }
 }

@@ -398,4 +398,16 @@ async fn binary_serves_restores_and_stops_on_sigterm() {
     drop(pool);
     let logs = stop(child);
     assert!(logs.contains("stale: recorded under boot"), "{logs}");
+
+    // A corrupt checkpoint: moved aside with a warning, the daemon still serves (no crash loop).
+    std::fs::write(dir.path().join("state/cpu.checkpoint"), "garbage").unwrap();
+    let child = spawn();
+    let ch = connect(&socket).await;
+    let mut backend = BackendClient::new(ch);
+    let mut req = grouped_request("uid-8", "1");
+    req.boot_id = "00000000-1111-2222-3333-444444444444".into();
+    backend.prepare(req).await.unwrap();
+    drop(backend);
+    let logs = stop(child);
+    assert!(logs.contains("is corrupt"), "{logs}");
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use drakit_cpu::fixture::{MachineSpec, fixtures_dir, materialize_named};
 use drakit_cpu::inventory::{DeviceModel, GroupBy, STANDARD_NUMA_ATTRIBUTE};
 use drakit_cpu::state::{ClaimRecord, PrepareError, cpus_env_name};
-use drakit_cpu::store::{FileStore, MemoryStore, StateStore};
+use drakit_cpu::store::{CheckpointStore, MemoryStore, StateStore};
 use drakit_cpu::{CpuSet, Manager, PoolConfig, Topology};
 use drakit_proto::drakit::{AllocatedDevice, ClaimRef, PrepareRequest, attribute};
 
@@ -359,21 +359,17 @@ fn grouped_by_socket_on_epyc_is_l3_aligned() {
 
 #[test]
 fn restart_restores_exactly_and_drops_stale_records() {
-    let dir = tempfile::tempdir_in(drakit_cpu::fixture::scratch_parent()).unwrap();
-    let path = dir.path().join("state/cpu.json");
+    // On disk, through the shared checkpoint journal, as in production.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let open = |boot: &str| Box::new(CheckpointStore::open(&path, boot).unwrap().0);
     let t = topo("xeon-2s-smt");
     let cfg = PoolConfig {
         model: DeviceModel::Grouped(GroupBy::Numa),
         ..Default::default()
     };
     let (state, claims) = {
-        let mut m = Manager::new(
-            t.clone(),
-            cfg.clone(),
-            BOOT,
-            Box::new(FileStore::new(&path).unwrap()),
-        )
-        .unwrap();
+        let mut m = Manager::new(t.clone(), cfg.clone(), BOOT, open(BOOT)).unwrap();
         m.prepare(&grouped("a", "numa0", "4")).unwrap();
         m.prepare(&grouped("b", "numa1", "5")).unwrap();
         m.prepare(&grouped("c", "numa0", "2")).unwrap();
@@ -383,13 +379,7 @@ fn restart_restores_exactly_and_drops_stale_records() {
             m.claims().cloned().collect::<Vec<ClaimRecord>>(),
         )
     };
-    let m = Manager::new(
-        t.clone(),
-        cfg.clone(),
-        BOOT,
-        Box::new(FileStore::new(&path).unwrap()),
-    )
-    .unwrap();
+    let m = Manager::new(t.clone(), cfg.clone(), BOOT, open(BOOT)).unwrap();
     assert_eq!(m.claims().cloned().collect::<Vec<_>>(), claims);
     let restored = m.pool_state();
     assert_eq!(restored.shared_cpus, state.shared_cpus);
@@ -397,16 +387,11 @@ fn restart_restores_exactly_and_drops_stale_records() {
     drop(m);
 
     // After a reboot: every record is stale, dropped and deleted from the store.
-    let m = Manager::new(
-        t,
-        cfg,
-        "another-boot",
-        Box::new(FileStore::new(&path).unwrap()),
-    )
-    .unwrap();
+    let m = Manager::new(t, cfg, "another-boot", open("another-boot")).unwrap();
     assert_eq!(m.claims().count(), 0);
     assert_eq!(m.shared_pool().len(), 80);
-    assert!(FileStore::new(&path).unwrap().load().unwrap().is_empty());
+    drop(m);
+    assert!(open("another-boot").load().unwrap().is_empty());
 }
 
 #[test]
