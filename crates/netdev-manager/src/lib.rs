@@ -6,7 +6,9 @@
 pub mod addr;
 pub mod cni;
 pub mod config;
+pub mod hook;
 pub mod inventory;
 pub mod manager;
 pub mod netlink;
+pub mod server;
 pub mod store;

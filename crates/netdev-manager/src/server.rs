@@ -1,0 +1,288 @@
+//! gRPC services (`drakit.v1.Backend`, `drakit.v1.NetdevAttach`) over a Unix socket with a
+//! peer-credential check, and the client the OCI hook uses.
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use drakit_proto::drakit as pb;
+use drakit_proto::drakit::backend_server::{Backend, BackendServer};
+use drakit_proto::drakit::netdev_attach_client::NetdevAttachClient;
+use drakit_proto::drakit::netdev_attach_server::{NetdevAttach, NetdevAttachServer};
+use futures::Stream;
+use tokio::net::{UnixListener, UnixStream};
+use tonic::{Request, Response, Status};
+
+use crate::manager::{Manager, ManagerError};
+use crate::netlink::Netlink;
+use crate::store::Store;
+
+/// Errors from setting up or running the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+impl From<ManagerError> for Status {
+    fn from(e: ManagerError) -> Self {
+        let msg = e.to_string();
+        match e {
+            ManagerError::UnknownClaim(_) => Status::not_found(msg),
+            ManagerError::HostNetwork { .. } | ManagerError::Runtime { .. } => {
+                Status::failed_precondition(msg)
+            }
+            ref other if other.is_invalid_input() => Status::invalid_argument(msg),
+            _ => Status::internal(msg),
+        }
+    }
+}
+
+/// Both services over one manager.
+#[derive(Debug)]
+pub struct NetdevService<N: Netlink, S: Store> {
+    mgr: Arc<Manager<N, S>>,
+}
+
+impl<N: Netlink, S: Store> Clone for NetdevService<N, S> {
+    fn clone(&self) -> Self {
+        Self {
+            mgr: self.mgr.clone(),
+        }
+    }
+}
+
+impl<N: Netlink, S: Store> NetdevService<N, S> {
+    pub fn new(mgr: Arc<Manager<N, S>>) -> Self {
+        Self { mgr }
+    }
+
+    /// A tonic router carrying both services.
+    pub fn router(&self) -> tonic::transport::server::Router {
+        tonic::transport::Server::builder()
+            .add_service(BackendServer::new(self.clone()))
+            .add_service(NetdevAttachServer::new(self.clone()))
+    }
+}
+
+type InventoryStream = Pin<Box<dyn Stream<Item = Result<pb::Inventory, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<N: Netlink, S: Store> Backend for NetdevService<N, S> {
+    type WatchDevicesStream = InventoryStream;
+
+    async fn watch_devices(
+        &self,
+        _req: Request<pb::WatchDevicesRequest>,
+    ) -> Result<Response<InventoryStream>, Status> {
+        let rx = self.mgr.subscribe();
+        let mgr = self.mgr.clone();
+        let s = futures::stream::unfold((rx, true), move |(mut rx, first)| {
+            let mgr = mgr.clone();
+            async move {
+                if !first && rx.changed().await.is_err() {
+                    return None;
+                }
+                rx.borrow_and_update();
+                Some((Ok(mgr.inventory_proto()), (rx, false)))
+            }
+        });
+        Ok(Response::new(Box::pin(s)))
+    }
+
+    async fn prepare(
+        &self,
+        req: Request<pb::PrepareRequest>,
+    ) -> Result<Response<pb::PrepareResponse>, Status> {
+        let r = req.into_inner();
+        let uid = r.claim.as_ref().map(|c| c.uid.clone()).unwrap_or_default();
+        let span = tracing::info_span!("prepare", claim.uid = %uid);
+        let _e = span.enter();
+        match self.mgr.prepare(&r).await {
+            Ok(resp) => Ok(Response::new(resp)),
+            Err(e) => {
+                tracing::warn!(error = %e, "prepare failed");
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn unprepare(
+        &self,
+        req: Request<pb::UnprepareRequest>,
+    ) -> Result<Response<pb::UnprepareResponse>, Status> {
+        let uid = req.into_inner().claim.map(|c| c.uid).unwrap_or_default();
+        self.mgr.unprepare(&uid).await.map_err(Status::from)?;
+        Ok(Response::new(pb::UnprepareResponse {}))
+    }
+}
+
+#[tonic::async_trait]
+impl<N: Netlink, S: Store> NetdevAttach for NetdevService<N, S> {
+    async fn attach_pod(
+        &self,
+        req: Request<pb::AttachPodRequest>,
+    ) -> Result<Response<pb::AttachPodResponse>, Status> {
+        let r = req.into_inner();
+        tracing::info!(pod.uid = %r.pod_uid, netns = %r.netns_path, "attach pod");
+        Ok(Response::new(
+            self.mgr.attach_pod(&r).await.map_err(Status::from)?,
+        ))
+    }
+
+    async fn detach_pod(
+        &self,
+        req: Request<pb::DetachPodRequest>,
+    ) -> Result<Response<pb::DetachPodResponse>, Status> {
+        let r = req.into_inner();
+        tracing::info!(pod.uid = %r.pod_uid, "detach pod");
+        Ok(Response::new(self.mgr.detach_pod(&r).await))
+    }
+
+    async fn hook_attach(
+        &self,
+        req: Request<pb::HookAttachRequest>,
+    ) -> Result<Response<pb::AttachPodResponse>, Status> {
+        let r = req.into_inner();
+        tracing::info!(claim.uid = %r.claim_uid, "hook attach");
+        Ok(Response::new(
+            self.mgr.hook_attach(&r).await.map_err(Status::from)?,
+        ))
+    }
+}
+
+/// Binds `path` (parent dir 0700, socket 0600), replacing a stale socket.
+pub fn bind_unix(path: &Path) -> Result<UnixListener, ServerError> {
+    let io = |op, source| ServerError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| io("create dir for", e))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| io("chmod dir of", e))?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("remove stale", e)),
+    }
+    let l = UnixListener::bind(path).map_err(|e| io("bind", e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| io("chmod", e))?;
+    Ok(l)
+}
+
+/// Accepted connections whose peer uid is in `allowed` (SO_PEERCRED); others are dropped.
+pub fn checked_incoming(
+    listener: UnixListener,
+    allowed: Vec<u32>,
+) -> impl Stream<Item = Result<UnixStream, std::io::Error>> + Send + 'static {
+    futures::stream::unfold((listener, allowed), |(l, allowed)| async move {
+        loop {
+            match l.accept().await {
+                Ok((s, _)) => match s.peer_cred() {
+                    Ok(c) if allowed.contains(&c.uid()) => return Some((Ok(s), (l, allowed))),
+                    Ok(c) => {
+                        tracing::warn!(uid = c.uid(), pid = ?c.pid(), "refused connection from a disallowed uid")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "refused connection without peer credentials")
+                    }
+                },
+                Err(e) => return Some((Err(e), (l, allowed))),
+            }
+        }
+    })
+}
+
+/// How long open calls (e.g. WatchDevices streams) may drain after shutdown is asked for.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Serves both services on `path` until `shutdown` resolves, drains for at most
+/// [`SHUTDOWN_GRACE`], then removes the socket.
+pub async fn serve<N: Netlink, S: Store>(
+    svc: NetdevService<N, S>,
+    path: &Path,
+    allowed_uids: Vec<u32>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    let l = bind_unix(path)?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        let _ = tx.send(());
+    };
+    let server = svc
+        .router()
+        .serve_with_incoming_shutdown(checked_incoming(l, allowed_uids), signal);
+    tokio::pin!(server);
+    let res = tokio::select! {
+        r = &mut server => r.map_err(ServerError::from),
+        () = async {
+            if rx.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!("open calls did not finish within the shutdown grace period");
+            Ok(())
+        }
+    };
+    let _ = std::fs::remove_file(path);
+    res
+}
+
+/// A NetdevAttach client over a Unix socket (what drakit-oci-hook and tests use).
+pub async fn connect_attach(
+    path: &Path,
+    timeout: Duration,
+) -> Result<NetdevAttachClient<tonic::transport::Channel>, tonic::transport::Error> {
+    let path = path.to_path_buf();
+    let ch = tonic::transport::Endpoint::from_static("http://drakit-netdev.invalid")
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let p = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(UnixStream::connect(p).await?))
+            }
+        }))
+        .await?;
+    Ok(NetdevAttachClient::new(ch))
+}
+
+/// A Backend client over a Unix socket.
+pub async fn connect_backend(
+    path: &Path,
+    timeout: Duration,
+) -> Result<
+    drakit_proto::drakit::backend_client::BackendClient<tonic::transport::Channel>,
+    tonic::transport::Error,
+> {
+    let path = path.to_path_buf();
+    let ch = tonic::transport::Endpoint::from_static("http://drakit-netdev.invalid")
+        .connect_timeout(timeout)
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let p = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(UnixStream::connect(p).await?))
+            }
+        }))
+        .await?;
+    Ok(drakit_proto::drakit::backend_client::BackendClient::new(ch))
+}
