@@ -386,9 +386,10 @@ fn validate_edits(e: &ContainerEdits, at: &str) -> Result<(), Invalid> {
             .map_err(|r| Invalid::new(format!("{f}.hostInterfaceName"), r))?;
         validate_interface_name(&nd.name).map_err(|r| Invalid::new(format!("{f}.name"), r))?;
     }
+    // The Go library also accepts "/" (the root CLOS); the Rust library refuses it, so a spec
+    // with it would not load everywhere: refuse it too.
     if let Some(rdt) = &e.intel_rdt
         && let Some(clos) = &rdt.clos_id
-        && clos != "/"
         && (clos.is_empty()
             || clos.len() >= 4096
             || clos == "."
@@ -397,7 +398,9 @@ fn validate_edits(e: &ContainerEdits, at: &str) -> Result<(), Invalid> {
     {
         return Err(Invalid::new(
             format!("{at}.intelRdt.closID"),
-            format!("closID {clos:?} must be \"/\" or a valid file name"),
+            format!(
+                "closID {clos:?} must be a valid file name (no '/', newline, NUL; not '.' or '..')"
+            ),
         ));
     }
     Ok(())
