@@ -1,1 +1,30 @@
-//! placeholder
+//! drakit's kubelet plugin: one process hosting one DRA driver per enabled concern
+//! (`net.drakit.dev`, `cpu.drakit.dev`, `runtime.drakit.dev` by default).
+//!
+//! | module | what |
+//! |---|---|
+//! | [`config`] | plain [`config::Config`] + clap [`config::Args`] |
+//! | [`plugin`] | wiring: sockets, servers, publishers, shutdown |
+//! | [`driver`] | prepare/unprepare of one driver (claims → backend → CDI → checkpoint) |
+//! | [`grpc`] | kubelet services: registration, DRA v1/v1beta1, health v1alpha1/v1 |
+//! | [`claims`] | reading ResourceClaims with retry, picking this driver's devices and configs |
+//! | [`backend`] | the internal Backend service client and the [`backend::Backend`] seam |
+//! | [`runtime`] | the in-process runtime-spec backend (policy, cgroup mode, CDI env) |
+//! | [`cdi`], [`checkpoint`] | per-claim CDI specs, the fsync'd append-only journal |
+//! | [`slices`], [`status`] | ResourceSlice publishing, claim status, by server-side apply |
+//! | [`metrics`] | Prometheus text, `/healthz`, `/readyz` |
+//! | [`sockets`] | socket names (rolling update), binding, serialize lock, unix connector |
+
+pub mod backend;
+pub mod cdi;
+pub mod checkpoint;
+pub mod claims;
+pub mod config;
+pub mod driver;
+pub mod grpc;
+pub mod metrics;
+pub mod plugin;
+pub mod runtime;
+pub mod slices;
+pub mod sockets;
+pub mod status;

@@ -1,0 +1,536 @@
+//! One DRA driver's claim handling: read the claim, hand it to the backend, write the CDI spec,
+//! checkpoint, answer. Idempotent and crash-safe; per-claim errors never fail the other claims.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use drakit_proto::drakit::{Health, Inventory, PrepareRequest, UnprepareRequest};
+use tracing::Instrument;
+
+use crate::backend::{Backend, BackendError};
+use crate::cdi::{CdiDevice, CdiWriter, device_name};
+use crate::checkpoint::{CheckpointError, ClaimRecord, DeviceRecord, Journal};
+use crate::claims::{ClaimRef, ClaimSource, ClaimWork, extract, fetch_with_retry};
+use crate::metrics::DriverMetrics;
+use crate::sockets::SerializeLock;
+
+/// Health of one published device, for the kubelet's health stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceHealth {
+    pub pool: String,
+    pub device: String,
+    pub health: Health,
+    pub message: String,
+    /// Unix seconds of the last change.
+    pub updated: i64,
+}
+
+/// Everything a driver is built from.
+pub struct DriverParams {
+    pub name: String,
+    pub node_name: String,
+    pub claims: Arc<dyn ClaimSource>,
+    pub backend: Arc<dyn Backend>,
+    pub cdi: CdiWriter,
+    pub journal: Journal,
+    /// Held around each call when several instances may run (rolling update).
+    pub serialize_lock: Option<SerializeLock>,
+    /// How long to keep retrying the API server for one call.
+    pub api_budget: Duration,
+    /// Benchmark switch: skip the CDI file (the checkpoint's durability is the journal's flag).
+    pub write_cdi: bool,
+    /// Serialize calls within this process (default true).
+    pub serialize: bool,
+    /// Writer of claim status (`None`: status is not written).
+    pub status: Option<StatusSink>,
+    pub metrics: Arc<DriverMetrics>,
+}
+
+impl std::fmt::Debug for DriverParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DriverParams")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where claim status goes (the API server, through kube).
+#[derive(Clone)]
+pub struct StatusSink {
+    pub client: kube::Client,
+    pub field_manager: String,
+}
+
+impl std::fmt::Debug for StatusSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusSink")
+            .field("field_manager", &self.field_manager)
+            .finish()
+    }
+}
+
+/// Errors of building a driver.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+}
+
+/// One DRA driver.
+pub struct Driver {
+    name: String,
+    node_name: String,
+    claims: Arc<dyn ClaimSource>,
+    backend: Arc<dyn Backend>,
+    cdi: CdiWriter,
+    journal: Mutex<Journal>,
+    call_lock: tokio::sync::Mutex<()>,
+    serialize: bool,
+    serialize_lock: Option<SerializeLock>,
+    api_budget: Duration,
+    write_cdi: bool,
+    status: Option<StatusSink>,
+    metrics: Arc<DriverMetrics>,
+    /// Published slot name → (backend device, slot) when shared devices are pre-enumerated.
+    slots: RwLock<HashMap<String, String>>,
+    pools: RwLock<Vec<String>>,
+    health: tokio::sync::watch::Sender<Vec<DeviceHealth>>,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One claim's answer: devices or a message naming the claim.
+pub type ClaimResult<T> = Result<T, String>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Driver {
+    /// Builds the driver and rebuilds every CDI spec recorded in the checkpoint.
+    pub fn new(p: DriverParams) -> Arc<Self> {
+        let (health, _) = tokio::sync::watch::channel(Vec::new());
+        let d = Arc::new(Self {
+            pools: RwLock::new(vec![p.node_name.clone()]),
+            name: p.name,
+            node_name: p.node_name,
+            claims: p.claims,
+            backend: p.backend,
+            cdi: p.cdi,
+            journal: Mutex::new(p.journal),
+            call_lock: tokio::sync::Mutex::new(()),
+            serialize: p.serialize,
+            serialize_lock: p.serialize_lock,
+            api_budget: p.api_budget,
+            write_cdi: p.write_cdi,
+            status: p.status,
+            metrics: p.metrics,
+            slots: RwLock::new(HashMap::new()),
+            health,
+        });
+        d.rebuild_cdi();
+        d
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn node_name(&self) -> &str {
+        &self.node_name
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    pub fn metrics(&self) -> &Arc<DriverMetrics> {
+        &self.metrics
+    }
+
+    /// UIDs of the claims in the checkpoint.
+    pub fn prepared_claims(&self) -> Vec<String> {
+        lock(&self.journal).claims().keys().cloned().collect()
+    }
+
+    /// Writes every checkpointed claim's CDI spec that is missing or differs, and removes specs
+    /// of this driver that the checkpoint does not know (left by a crash between the two).
+    pub fn rebuild_cdi(&self) {
+        if !self.write_cdi {
+            return;
+        }
+        let j = lock(&self.journal);
+        for rec in j.claims().values() {
+            if rec.cdi_spec.is_empty() || self.cdi.is_current(&rec.uid, rec.cdi_spec.as_bytes()) {
+                continue;
+            }
+            if let Err(e) = self.cdi.write(&rec.uid, rec.cdi_spec.as_bytes()) {
+                tracing::error!(driver = %self.name, claim.uid = %rec.uid, error = %e, "rebuilding CDI spec");
+            }
+        }
+        for uid in self.cdi.list() {
+            if !j.claims().contains_key(&uid) {
+                let _ = self.cdi.remove(&uid);
+            }
+        }
+    }
+
+    /// Re-sends every checkpointed claim to the backend (idempotent prepare), so a backend that
+    /// lost its state gets it back. Errors are logged; the checkpoint stays authoritative.
+    pub async fn reconcile_backend(&self) {
+        let recs: Vec<ClaimRecord> = lock(&self.journal).claims().values().cloned().collect();
+        for rec in recs {
+            let claim = ClaimRef {
+                namespace: rec.namespace.clone(),
+                name: rec.name.clone(),
+                uid: rec.uid.clone(),
+            };
+            let req = PrepareRequest {
+                claim: Some((&claim).into()),
+                devices: rec.allocated.clone(),
+                reserved_for_pods: rec.reserved_for_pods.clone(),
+                boot_id: lock(&self.journal).boot_id().to_owned(),
+            };
+            if let Err(e) = self.backend.prepare(req).await {
+                tracing::warn!(driver = %self.name, claim.uid = %rec.uid, error = %e, "reconciling claim with backend");
+            }
+        }
+    }
+
+    /// Records the latest inventory: pools, slot names and device health.
+    pub fn set_inventory(&self, inv: &Inventory, slots: &HashMap<String, String>) {
+        let pool = if inv.pool.is_empty() {
+            self.node_name.clone()
+        } else {
+            inv.pool.clone()
+        };
+        if let Ok(mut p) = self.pools.write() {
+            *p = vec![pool.clone()];
+        }
+        if let Ok(mut s) = self.slots.write() {
+            *s = slots.clone();
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let old = self.health.borrow().clone();
+        let list: Vec<DeviceHealth> = inv
+            .devices
+            .iter()
+            .map(|d| {
+                let health = Health::try_from(d.health).unwrap_or(Health::Unknown);
+                let updated = old
+                    .iter()
+                    .find(|o| {
+                        o.device == d.name && o.health == health && o.message == d.health_message
+                    })
+                    .map_or(now, |o| o.updated);
+                DeviceHealth {
+                    pool: pool.clone(),
+                    device: d.name.clone(),
+                    health,
+                    message: d.health_message.clone(),
+                    updated,
+                }
+            })
+            .collect();
+        if list != old {
+            self.health.send_replace(list);
+        }
+    }
+
+    /// Subscribes to device health changes.
+    pub fn health(&self) -> tokio::sync::watch::Receiver<Vec<DeviceHealth>> {
+        self.health.subscribe()
+    }
+
+    async fn serialized(
+        &self,
+    ) -> Result<
+        (
+            Option<tokio::sync::MutexGuard<'_, ()>>,
+            Option<crate::sockets::SerializeGuard>,
+        ),
+        String,
+    > {
+        let local = if self.serialize {
+            Some(self.call_lock.lock().await)
+        } else {
+            None
+        };
+        let cross = match &self.serialize_lock {
+            Some(l) => Some(l.acquire().await.map_err(|e| e.to_string())?),
+            None => None,
+        };
+        Ok((local, cross))
+    }
+
+    /// NodePrepareResources for this driver: one answer per claim, in order.
+    pub async fn prepare(
+        &self,
+        claims: &[ClaimRef],
+    ) -> Vec<(String, ClaimResult<Vec<DeviceRecord>>)> {
+        let start = Instant::now();
+        let guards = self.serialized().await;
+        let mut out = Vec::with_capacity(claims.len());
+        match guards {
+            Err(e) => {
+                for c in claims {
+                    out.push((c.uid.clone(), Err(format!("claim {c}: {e}"))));
+                }
+            }
+            Ok(_g) => {
+                // Claims not yet checkpointed need their API object: fetch those concurrently.
+                let fetches = claims.iter().map(|c| async move {
+                    if lock(&self.journal).get(&c.uid).is_some() {
+                        return None;
+                    }
+                    Some(fetch_with_retry(self.claims.as_ref(), c, self.api_budget).await)
+                });
+                let fetched = futures::future::join_all(fetches).await;
+                for (c, f) in claims.iter().zip(fetched) {
+                    let span = tracing::info_span!("prepare", driver = %self.name, claim.uid = %c.uid, claim.name = %c.name, claim.namespace = %c.namespace);
+                    let r = self.prepare_one(c, f).instrument(span).await;
+                    match &r {
+                        Ok(_) => self
+                            .metrics
+                            .prepared_claims
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                        Err(e) => {
+                            tracing::warn!(driver = %self.name, claim.uid = %c.uid, error = %e, "prepare failed");
+                            self.metrics
+                                .prepare_errors
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                        }
+                    };
+                    out.push((c.uid.clone(), r));
+                }
+            }
+        }
+        self.metrics.prepare_latency.observe(start.elapsed());
+        out
+    }
+
+    async fn prepare_one(
+        &self,
+        c: &ClaimRef,
+        fetched: Option<
+            Result<k8s_openapi::api::resource::v1::ResourceClaim, crate::claims::ClaimError>,
+        >,
+    ) -> ClaimResult<Vec<DeviceRecord>> {
+        let rc = match fetched {
+            None => return self.reprepare(c),
+            Some(Ok(rc)) => rc,
+            Some(Err(e)) => return Err(e.to_string()),
+        };
+        let pools = self.pools.read().map(|p| p.clone()).unwrap_or_default();
+        let mut work =
+            extract(&rc, c, &self.name, &self.node_name, &pools).map_err(|e| e.to_string())?;
+        self.map_slots(&mut work);
+        let boot_id = lock(&self.journal).boot_id().to_owned();
+        let req = PrepareRequest {
+            claim: Some(c.into()),
+            devices: work.devices.clone(),
+            reserved_for_pods: work.reserved_for_pods.clone(),
+            boot_id,
+        };
+        let resp = self.backend.prepare(req).await.map_err(|e| match e {
+            BackendError::Refused { message } => format!("claim {c}: {message}"),
+            other => format!("claim {c}: {other}"),
+        })?;
+        // Answer with the names the scheduler allocated (slot names map back).
+        let mut cdi_devices = Vec::new();
+        let mut records = Vec::new();
+        for (i, pd) in resp.devices.iter().enumerate() {
+            let alloc = work.devices.get(i);
+            let published = alloc
+                .and_then(|a| a.requests.first().map(|_| a))
+                .map(|a| self.published_name(&a.device, &pd.device))
+                .unwrap_or_else(|| pd.device.clone());
+            let share = (!pd.share_id.is_empty()).then(|| pd.share_id.clone());
+            let mut ids = Vec::new();
+            if let Some(edits) = &pd.edits
+                && *edits != Default::default()
+            {
+                let name = device_name(&c.uid, &published, share.as_deref());
+                ids.push(self.cdi.device_id(&name));
+                cdi_devices.push(CdiDevice {
+                    name,
+                    edits: edits.clone(),
+                });
+            }
+            records.push(DeviceRecord {
+                requests: pd.requests.clone(),
+                pool: pd.pool.clone(),
+                device: published,
+                share_id: share,
+                cdi_device_ids: ids,
+            });
+        }
+        let spec = if cdi_devices.is_empty() {
+            Vec::new()
+        } else {
+            self.cdi
+                .render(&cdi_devices)
+                .map_err(|e| format!("claim {c}: {e}"))?
+        };
+        if self.write_cdi && !spec.is_empty() {
+            self.cdi
+                .write(&c.uid, &spec)
+                .map_err(|e| format!("claim {c}: {e}"))?;
+        }
+        let boot_id = lock(&self.journal).boot_id().to_owned();
+        let rec = ClaimRecord {
+            namespace: c.namespace.clone(),
+            name: c.name.clone(),
+            uid: c.uid.clone(),
+            devices: records.clone(),
+            cdi_spec: String::from_utf8(spec).unwrap_or_default(),
+            boot_id,
+            allocated: work.devices.clone(),
+            reserved_for_pods: work.reserved_for_pods.clone(),
+        };
+        lock(&self.journal)
+            .record_prepared(rec)
+            .map_err(|e| format!("claim {c}: {e}"))?;
+        if let Some(sink) = &self.status {
+            let mut devs = resp.devices.clone();
+            for (d, r) in devs.iter_mut().zip(&records) {
+                d.device = r.device.clone();
+            }
+            if let Some(patch) =
+                crate::status::status_patch(&self.name, c, &devs, &crate::status::now_rfc3339())
+            {
+                let sink = sink.clone();
+                let claim = c.clone();
+                tokio::spawn(async move {
+                    let mut delay = Duration::from_millis(100);
+                    for _ in 0..5 {
+                        match crate::status::apply_status(
+                            &sink.client,
+                            &sink.field_manager,
+                            &claim,
+                            patch.clone(),
+                        )
+                        .await
+                        {
+                            Ok(()) => return,
+                            Err(e) => {
+                                tracing::warn!(claim.uid = %claim.uid, error = %e, "writing claim status")
+                            }
+                        }
+                        tokio::time::sleep(delay).await;
+                        delay *= 2;
+                    }
+                });
+            }
+        }
+        Ok(records)
+    }
+
+    /// A claim already in the checkpoint: same answer, CDI spec re-ensured.
+    fn reprepare(&self, c: &ClaimRef) -> ClaimResult<Vec<DeviceRecord>> {
+        let j = lock(&self.journal);
+        let Some(rec) = j.get(&c.uid) else {
+            return Err(format!("claim {c}: vanished from the checkpoint"));
+        };
+        if self.write_cdi
+            && !rec.cdi_spec.is_empty()
+            && !self.cdi.is_current(&c.uid, rec.cdi_spec.as_bytes())
+        {
+            self.cdi
+                .write(&c.uid, rec.cdi_spec.as_bytes())
+                .map_err(|e| format!("claim {c}: {e}"))?;
+        }
+        Ok(rec.devices.clone())
+    }
+
+    fn map_slots(&self, work: &mut ClaimWork) {
+        let Ok(slots) = self.slots.read() else { return };
+        if slots.is_empty() {
+            return;
+        }
+        for d in &mut work.devices {
+            if let Some(base) = slots.get(&d.device) {
+                if d.share_id.is_empty() {
+                    // A stable per-claim, per-slot identity for the backend.
+                    d.share_id = format!("{}-{}", work.claim.uid, d.device);
+                }
+                d.device = base.clone();
+            }
+        }
+    }
+
+    fn published_name(&self, allocated: &str, backend_device: &str) -> String {
+        let is_slot = self
+            .slots
+            .read()
+            .map(|s| s.contains_key(allocated))
+            .unwrap_or(false);
+        if is_slot {
+            allocated.to_owned()
+        } else {
+            backend_device.to_owned()
+        }
+    }
+
+    /// NodeUnprepareResources for this driver. Unknown claims succeed.
+    pub async fn unprepare(&self, claims: &[ClaimRef]) -> Vec<(String, ClaimResult<()>)> {
+        let start = Instant::now();
+        let guards = self.serialized().await;
+        let mut out = Vec::with_capacity(claims.len());
+        for c in claims {
+            let r = match &guards {
+                Err(e) => Err(format!("claim {c}: {e}")),
+                Ok(_) => {
+                    let span =
+                        tracing::info_span!("unprepare", driver = %self.name, claim.uid = %c.uid);
+                    self.unprepare_one(c).instrument(span).await
+                }
+            };
+            match &r {
+                Ok(()) => self
+                    .metrics
+                    .unprepared_claims
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                Err(e) => {
+                    tracing::warn!(driver = %self.name, claim.uid = %c.uid, error = %e, "unprepare failed");
+                    self.metrics
+                        .unprepare_errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                }
+            };
+            out.push((c.uid.clone(), r));
+        }
+        drop(guards);
+        self.metrics.unprepare_latency.observe(start.elapsed());
+        out
+    }
+
+    async fn unprepare_one(&self, c: &ClaimRef) -> ClaimResult<()> {
+        // Always tell the backend: a prepare that died after the backend acted but before the
+        // checkpoint is rolled back here.
+        self.backend
+            .unprepare(UnprepareRequest {
+                claim: Some(c.into()),
+            })
+            .await
+            .map_err(|e| format!("claim {c}: {e}"))?;
+        if self.write_cdi {
+            self.cdi
+                .remove(&c.uid)
+                .map_err(|e| format!("claim {c}: {e}"))?;
+        }
+        lock(&self.journal)
+            .record_unprepared(&c.uid)
+            .map_err(|e| format!("claim {c}: {e}"))
+    }
+}

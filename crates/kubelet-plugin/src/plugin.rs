@@ -1,0 +1,446 @@
+//! Wiring: one registration server + one DRA server per driver, slice publishers, metrics, and
+//! a single shutdown that deregisters first, drains in-flight calls under a grace timeout and
+//! removes the sockets last.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use drakit_proto::dra::{v1, v1beta1};
+use drakit_proto::health::{v1 as hv1, v1alpha1 as hv1alpha1};
+use drakit_proto::pluginregistration::registration_server::RegistrationServer;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::backend::{Backend, GrpcBackend};
+use crate::cdi::CdiWriter;
+use crate::checkpoint::{Journal, read_boot_id};
+use crate::claims::{ClaimSource, KubeClaims};
+use crate::config::{BackendKind, Config};
+use crate::driver::{Driver, DriverParams, StatusSink};
+use crate::grpc::{DraService, HealthService, RegistrationOutcome, RegistrationService};
+use crate::metrics::Metrics;
+use crate::runtime::{RuntimeBackend, detect_cgroup_mode};
+use crate::slices::SlicePublisher;
+use crate::sockets::{SerializeLock, SocketPaths, bind, remove_socket};
+
+/// Errors of starting or running the plugin.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("kube client: {0}")]
+    Kube(String),
+    #[error("driver {driver}: {source}")]
+    Checkpoint {
+        driver: String,
+        #[source]
+        source: crate::checkpoint::CheckpointError,
+    },
+    #[error("driver {driver}: {source}")]
+    Socket {
+        driver: String,
+        #[source]
+        source: crate::sockets::SocketError,
+    },
+    #[error("metrics address {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "driver {driver}: the kubelet rejected the registration {attempts} times, last: {error}"
+    )]
+    Rejected {
+        driver: String,
+        attempts: u32,
+        error: String,
+    },
+    #[error("no driver enabled")]
+    NoDrivers,
+}
+
+/// Builds a kube client from a kubeconfig path, or the default chain.
+pub async fn kube_client(path: Option<&std::path::Path>) -> Result<kube::Client, PluginError> {
+    let cfg = match path {
+        Some(p) => {
+            let kc = kube::config::Kubeconfig::read_from(p)
+                .map_err(|e| PluginError::Kube(e.to_string()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| PluginError::Kube(e.to_string()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| PluginError::Kube(e.to_string()))?,
+    };
+    kube::Client::try_from(cfg).map_err(|e| PluginError::Kube(e.to_string()))
+}
+
+struct DriverRuntime {
+    driver: Arc<Driver>,
+    paths: SocketPaths,
+    dra_task: JoinHandle<()>,
+    reg_task: Option<JoinHandle<()>>,
+    reg_stop: Option<watch::Sender<bool>>,
+}
+
+/// A running plugin.
+pub struct Plugin {
+    drivers: Vec<DriverRuntime>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    outcomes: mpsc::UnboundedReceiver<RegistrationOutcome>,
+    outcome_tx: mpsc::UnboundedSender<RegistrationOutcome>,
+    config: Config,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("drivers", &self.drivers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+fn start_registration(
+    driver: &str,
+    paths: &SocketPaths,
+    outcomes: mpsc::UnboundedSender<RegistrationOutcome>,
+) -> Result<(JoinHandle<()>, watch::Sender<bool>), PluginError> {
+    let listener = bind(&paths.registration, 0o600).map_err(|source| PluginError::Socket {
+        driver: driver.to_owned(),
+        source,
+    })?;
+    let svc = RegistrationService {
+        driver: driver.to_owned(),
+        endpoint: paths.dra.to_string_lossy().into_owned(),
+        outcomes,
+    };
+    let (tx, rx) = watch::channel(false);
+    let name = driver.to_owned();
+    let task = tokio::spawn(async move {
+        let r = tonic::transport::Server::builder()
+            .add_service(RegistrationServer::new(svc))
+            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped(rx))
+            .await;
+        if let Err(e) = r {
+            tracing::error!(driver = %name, error = %e, "registration server");
+        }
+    });
+    Ok((task, tx))
+}
+
+impl Plugin {
+    /// Starts every enabled driver. A kube client is needed for claims, slices and status.
+    pub async fn start(config: Config, client: kube::Client) -> Result<Self, PluginError> {
+        let claims: Arc<dyn ClaimSource> = Arc::new(KubeClaims::new(client.clone()));
+        Self::start_with(config, Some(client), claims).await
+    }
+
+    /// Starts with an explicit claim source (benchmarks, tests); `client` `None` disables slices
+    /// and status.
+    pub async fn start_with(
+        config: Config,
+        client: Option<kube::Client>,
+        claims: Arc<dyn ClaimSource>,
+    ) -> Result<Self, PluginError> {
+        if config.drivers.is_empty() {
+            return Err(PluginError::NoDrivers);
+        }
+        let metrics = Arc::new(Metrics::default());
+        let (stop, _) = watch::channel(false);
+        let mut tasks = Vec::new();
+        if let Some(addr) = config.metrics_addr {
+            let l = crate::metrics::bind(addr)
+                .await
+                .map_err(|source| PluginError::Metrics { addr, source })?;
+            tasks.push(tokio::spawn(crate::metrics::serve(
+                l,
+                metrics.clone(),
+                stopped(stop.subscribe()),
+            )));
+        }
+        let boot_id = read_boot_id(&config.proc_root);
+        let cgroup_mode = detect_cgroup_mode(&config.cgroupfs_root);
+        let (outcome_tx, outcomes) = mpsc::unbounded_channel();
+        let mut drivers = Vec::new();
+        for spec in &config.drivers {
+            let name = spec.name.clone();
+            let backend: Arc<dyn Backend> = match &spec.backend {
+                BackendKind::Runtime => Arc::new(RuntimeBackend::new(cgroup_mode)),
+                BackendKind::Socket(p) => {
+                    Arc::new(GrpcBackend::new(name.clone(), p, config.backend_timeout))
+                }
+            };
+            let journal_path = config.state_dir.join(&name).join("checkpoint.journal");
+            let journal = Journal::open(&journal_path, &name, &boot_id, config.durable_checkpoint)
+                .map_err(|source| PluginError::Checkpoint {
+                    driver: name.clone(),
+                    source,
+                })?;
+            let paths = SocketPaths::new(
+                &config.registry_dir,
+                &config.plugins_dir,
+                &name,
+                config.rolling_update_pod_uid.as_deref(),
+            );
+            let driver = Driver::new(DriverParams {
+                name: name.clone(),
+                node_name: config.node_name.clone(),
+                claims: claims.clone(),
+                backend,
+                cdi: CdiWriter::new(&config.cdi_dir, &name),
+                journal,
+                serialize_lock: config
+                    .rolling_update_pod_uid
+                    .as_ref()
+                    .map(|_| SerializeLock::new(paths.lock.clone())),
+                api_budget: config.api_budget,
+                write_cdi: config.write_cdi,
+                serialize: config.serialize,
+                status: match (&client, config.write_status) {
+                    (Some(c), true) => Some(StatusSink {
+                        client: c.clone(),
+                        field_manager: format!("drakit-kubelet-plugin/{name}"),
+                    }),
+                    _ => None,
+                },
+                metrics: metrics.driver(&name),
+            });
+            // DRA endpoint first: the kubelet may call as soon as registration succeeds.
+            let listener = bind(&paths.dra, 0o600).map_err(|source| PluginError::Socket {
+                driver: name.clone(),
+                source,
+            })?;
+            let dra = DraService {
+                driver: driver.clone(),
+            };
+            let health = HealthService {
+                driver: driver.clone(),
+                resend: config.health_resend,
+            };
+            let shutdown = stopped(stop.subscribe());
+            let dname = name.clone();
+            let dra_task = tokio::spawn(async move {
+                let r = tonic::transport::Server::builder()
+                    .add_service(v1::dra_plugin_server::DraPluginServer::new(dra.clone()))
+                    .add_service(v1beta1::dra_plugin_server::DraPluginServer::new(dra))
+                    .add_service(
+                        hv1alpha1::dra_resource_health_server::DraResourceHealthServer::new(
+                            health.clone(),
+                        ),
+                    )
+                    .add_service(
+                        hv1::dra_resource_health_server::DraResourceHealthServer::new(health),
+                    )
+                    .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+                    .await;
+                if let Err(e) = r {
+                    tracing::error!(driver = %dname, error = %e, "DRA server");
+                }
+            });
+            drivers.push(DriverRuntime {
+                driver,
+                paths,
+                dra_task,
+                reg_task: None,
+                reg_stop: None,
+            });
+        }
+        // Background work per driver: reconcile backends, publish slices.
+        for d in &drivers {
+            let driver = d.driver.clone();
+            tasks.push(tokio::spawn(
+                async move { driver.reconcile_backend().await },
+            ));
+            if config.publish_slices
+                && let Some(c) = &client
+            {
+                let p = SlicePublisher {
+                    client: c.clone(),
+                    driver: d.driver.clone(),
+                    field_manager: format!("drakit-kubelet-plugin/{}", d.driver.name()),
+                    shared_slots: config.shared_slots,
+                };
+                tasks.push(tokio::spawn(p.run(stopped(stop.subscribe()))));
+            } else {
+                // Without slices the health stream still needs the inventory.
+                let driver = d.driver.clone();
+                let slots = config.shared_slots;
+                let node = config.node_name.clone();
+                let shutdown = stopped(stop.subscribe());
+                tasks.push(tokio::spawn(async move {
+                    follow_inventory(driver, node, slots, shutdown).await;
+                }));
+            }
+        }
+        // Registration last, once everything it advertises is serving.
+        for d in &mut drivers {
+            let (task, tx) = start_registration(d.driver.name(), &d.paths, outcome_tx.clone())?;
+            d.reg_task = Some(task);
+            d.reg_stop = Some(tx);
+        }
+        metrics.set_ready(true);
+        Ok(Self {
+            drivers,
+            stop,
+            tasks,
+            outcomes,
+            outcome_tx,
+            config,
+            metrics,
+        })
+    }
+
+    pub fn drivers(&self) -> Vec<Arc<Driver>> {
+        self.drivers.iter().map(|d| d.driver.clone()).collect()
+    }
+
+    pub fn socket_paths(&self) -> Vec<SocketPaths> {
+        self.drivers.iter().map(|d| d.paths.clone()).collect()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Runs until `shutdown` resolves or a driver is rejected for good, then shuts down.
+    pub async fn run(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), PluginError> {
+        tokio::pin!(shutdown);
+        let mut rejections: std::collections::HashMap<String, u32> = Default::default();
+        let result = loop {
+            tokio::select! {
+                () = &mut shutdown => break Ok(()),
+                Some(o) = self.outcomes.recv() => {
+                    if o.registered {
+                        rejections.remove(&o.driver);
+                        continue;
+                    }
+                    let n = rejections.entry(o.driver.clone()).or_insert(0);
+                    *n += 1;
+                    if *n > self.config.registration_retries {
+                        break Err(PluginError::Rejected { driver: o.driver, attempts: *n, error: o.error });
+                    }
+                    tokio::time::sleep(self.config.registration_retry_delay).await;
+                    if let Err(e) = self.reoffer(&o.driver).await {
+                        break Err(e);
+                    }
+                }
+            }
+        };
+        self.shutdown().await;
+        result
+    }
+
+    /// Removes and re-creates one driver's registration socket (the kubelet sees a new plugin).
+    async fn reoffer(&mut self, driver: &str) -> Result<(), PluginError> {
+        let tx = self.outcome_tx.clone();
+        let Some(d) = self.drivers.iter_mut().find(|d| d.driver.name() == driver) else {
+            return Ok(());
+        };
+        if let Some(s) = d.reg_stop.take() {
+            let _ = s.send(true);
+        }
+        if let Some(t) = d.reg_task.take() {
+            let _ = t.await;
+        }
+        remove_socket(&d.paths.registration);
+        tracing::info!(driver, "re-offering registration");
+        let (task, stop) = start_registration(driver, &d.paths, tx)?;
+        d.reg_task = Some(task);
+        d.reg_stop = Some(stop);
+        Ok(())
+    }
+
+    /// Deregisters (removes registration sockets), drains in-flight calls under the grace
+    /// timeout, then removes the DRA sockets.
+    pub async fn shutdown(mut self) {
+        self.metrics.set_ready(false);
+        for d in &mut self.drivers {
+            if let Some(s) = d.reg_stop.take() {
+                let _ = s.send(true);
+            }
+            remove_socket(&d.paths.registration);
+        }
+        let _ = self.stop.send(true);
+        let grace = self.config.shutdown_grace;
+        let mut all = Vec::new();
+        for d in &mut self.drivers {
+            if let Some(t) = d.reg_task.take() {
+                all.push(t);
+            }
+        }
+        let dra: Vec<JoinHandle<()>> = self
+            .drivers
+            .iter_mut()
+            .map(|d| std::mem::replace(&mut d.dra_task, tokio::spawn(async {})))
+            .collect();
+        all.extend(dra);
+        if tokio::time::timeout(grace, futures::future::join_all(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?grace,
+                "in-flight calls did not finish within the grace period"
+            );
+        }
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        for d in &self.drivers {
+            remove_socket(&d.paths.dra);
+        }
+        tracing::info!("shut down");
+    }
+}
+
+/// Without an API server: follow the backend inventory only for health and slot names.
+async fn follow_inventory(
+    driver: Arc<Driver>,
+    node: String,
+    shared_slots: u32,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use futures::StreamExt;
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            () = &mut shutdown => return,
+            s = driver.backend().watch_devices(driver.name().to_owned()) => s,
+        };
+        match stream {
+            Ok(mut s) => loop {
+                tokio::select! {
+                    () = &mut shutdown => return,
+                    n = s.next() => match n {
+                        Some(Ok(inv)) => {
+                            let opts = crate::slices::SliceOptions {
+                                driver: driver.name().to_owned(),
+                                node_name: node.clone(),
+                                node_uid: String::new(),
+                                shared_slots,
+                            };
+                            let built = crate::slices::build(&inv, &opts, 0);
+                            driver.set_inventory(&inv, &built.slots);
+                        }
+                        _ => break,
+                    }
+                }
+            },
+            Err(e) => tracing::debug!(driver = %driver.name(), error = %e, "inventory watch"),
+        }
+        tokio::select! {
+            () = &mut shutdown => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
