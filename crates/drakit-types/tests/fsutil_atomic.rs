@@ -1,7 +1,7 @@
 //! Atomic replacement: a failing writer or a crash before the rename never damages the target.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 
 use drakit_types::fsutil::{
     Durability, Step, atomic_write, atomic_write_with, is_temp_name, remove_temp_files,
