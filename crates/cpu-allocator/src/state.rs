@@ -8,10 +8,15 @@ use drakit_proto::drakit::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::alloc::{self, AllocError};
+use drakit_types::config::{
+    ClaimConfig, CoreType as ConfigCoreType, CpuConfig, NumaAlignment, SmtPolicy,
+};
+
+use crate::alloc::{self, AllocError, PickOptions};
 use crate::cpuset::CpuSet;
 use crate::inventory::{self, CPUS_CAPACITY, DeviceModel};
 use crate::store::{StateStore, StoreError};
+use crate::topology::CoreType;
 use crate::topology::Topology;
 
 /// The CDI environment variable that carries a claim's exclusive CPUs to the NRI sidecar:
@@ -355,13 +360,16 @@ impl Manager {
             DeviceModel::Individual => Vec::new(),
         };
         let mut chosen = CpuSet::new();
+        // Individual model: CPUs of the devices sharing one config, checked against it below.
+        let mut per_config: BTreeMap<String, (CpuConfig, Vec<String>, CpuSet)> = BTreeMap::new();
         for d in &req.devices {
             let dev_err = |reason: String| PrepareError::Device {
                 claim: uid.clone(),
                 device: d.device.clone(),
                 reason,
             };
-            check_config(&d.config_json).map_err(|r| dev_err(format!("config: {r}")))?;
+            let config =
+                decode_config(&d.config_json).map_err(|r| dev_err(format!("config: {r}")))?;
             if d.admin_access {
                 return Err(dev_err(
                     "adminAccess is not supported for exclusive CPUs".into(),
@@ -386,6 +394,13 @@ impl Manager {
                     if chosen.contains(cpu) {
                         return Err(dev_err(format!("cpu{cpu} is allocated twice in the claim")));
                     }
+                    if let Some(c) = &config {
+                        let entry = per_config
+                            .entry(d.config_json.clone())
+                            .or_insert_with(|| (c.clone(), Vec::new(), CpuSet::new()));
+                        entry.1.push(d.device.clone());
+                        entry.2.insert(cpu);
+                    }
                     [cpu].into_iter().collect::<CpuSet>()
                 }
                 DeviceModel::Grouped(_) => {
@@ -399,17 +414,31 @@ impl Manager {
                                 .join(",")
                         ))
                     })?;
-                    let count = match d.consumed_capacity.get(CPUS_CAPACITY) {
-                        Some(q) => parse_count(q).map_err(|r| {
+                    let capacity = match d.consumed_capacity.get(CPUS_CAPACITY) {
+                        Some(q) => Some(parse_count(q).map_err(|r| {
                             dev_err(format!("consumed_capacity[{CPUS_CAPACITY:?}]: {r}"))
-                        })?,
-                        None => 1, // the request policy's default
+                        })?),
+                        None => None,
+                    };
+                    let from_config = config.as_ref().and_then(|c| c.count).map(|n| n as usize);
+                    let count = match (capacity, from_config) {
+                        (Some(a), Some(b)) if a != b => {
+                            return Err(dev_err(format!(
+                                "config count {b} differs from the allocated capacity {a} \
+                                 (the scheduler accounted {a})"
+                            )));
+                        }
+                        (Some(n), _) | (None, Some(n)) => n,
+                        (None, None) => 1, // the request policy's default
                     };
                     let free = group.cpus.difference(&self.exclusive()).difference(&chosen);
-                    alloc::pick(&self.topo, &free, count).map_err(|source| PrepareError::Alloc {
-                        claim: uid.clone(),
-                        device: d.device.clone(),
-                        source,
+                    let opts = pick_options(config.as_ref());
+                    alloc::pick_with(&self.topo, &free, count, opts).map_err(|source| {
+                        PrepareError::Alloc {
+                            claim: uid.clone(),
+                            device: d.device.clone(),
+                            source,
+                        }
                     })?
                 }
             };
@@ -424,6 +453,14 @@ impl Manager {
                 }
             }
             chosen = chosen.union(&cpus);
+        }
+        for (config, devices, cpus) in per_config.values() {
+            self.check_individual(config, cpus)
+                .map_err(|reason| PrepareError::Device {
+                    claim: uid.clone(),
+                    device: devices.join(","),
+                    reason: format!("config: {reason}"),
+                })?;
         }
         if !self.cfg.allow_empty_shared_pool && self.shared_pool().difference(&chosen).is_empty() {
             return Err(PrepareError::SharedPoolEmpty {
@@ -458,6 +495,42 @@ impl Manager {
         let resp = response(&rec);
         self.claims.insert(uid, rec);
         Ok(resp)
+    }
+
+    /// The scheduler chose the CPUs of the individual model; a `CpuConfig` can only refuse them.
+    fn check_individual(&self, config: &CpuConfig, cpus: &CpuSet) -> Result<(), String> {
+        if let Some(want) = wanted_core_type(config) {
+            for id in cpus.iter() {
+                let got = self.topo.cpus.get(&id).and_then(|c| c.core_type);
+                if got != Some(want) {
+                    let got = got.map_or("not typed (no hybrid part)", |t| t.as_str());
+                    return Err(format!(
+                        "coreType asks for {want} but cpu{id} is {got}; select by the coreType attribute"
+                    ));
+                }
+            }
+        }
+        if config.smt == Some(SmtPolicy::FullCores) {
+            for id in cpus.iter() {
+                if let Some(c) = self.topo.cpus.get(&id)
+                    && !c.siblings.is_subset(cpus)
+                {
+                    return Err(format!(
+                        "smt full-cores: cpu{id} is allocated without its siblings {}",
+                        c.siblings
+                    ));
+                }
+            }
+        }
+        if config.numa_alignment == Some(NumaAlignment::Require) {
+            let nodes = self.topo.mems_of(cpus);
+            if nodes.len() > 1 {
+                return Err(format!(
+                    "numaAlignment require: CPUs {cpus} span NUMA nodes {nodes}"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Returns a claim's CPUs to the pool; unknown claims succeed. Returns whether anything changed.
@@ -543,17 +616,39 @@ pub fn parse_count(q: &str) -> Result<usize, String> {
     Ok(n as usize)
 }
 
-/// Minimal claim-config check (interim until `drakit_types::config` lands): empty, or a JSON
-/// object whose `kind`, when present, is `CpuConfig`. Nothing in it changes the allocation yet.
-pub fn check_config(json: &str) -> Result<(), String> {
+/// Decodes a device's claim config (drakit-types JSON, as the kubelet plugin merged and
+/// validated it): `None` when empty, an error for any kind other than `CpuConfig`.
+pub fn decode_config(json: &str) -> Result<Option<CpuConfig>, String> {
     if json.trim().is_empty() {
-        return Ok(());
+        return Ok(None);
     }
-    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
-    let obj = v.as_object().ok_or("must be a JSON object")?;
-    match obj.get("kind") {
-        None => Ok(()),
-        Some(serde_json::Value::String(k)) if k == "CpuConfig" => Ok(()),
-        Some(other) => Err(format!("kind {other} is not CpuConfig")),
+    match ClaimConfig::from_json(json.as_bytes()) {
+        Ok(ClaimConfig::Cpu(c)) => Ok(Some(c)),
+        Ok(other) => Err(format!("kind {} is not CpuConfig", other.kind())),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn wanted_core_type(config: &CpuConfig) -> Option<CoreType> {
+    match config.core_type {
+        Some(ConfigCoreType::Performance) => Some(CoreType::Performance),
+        Some(ConfigCoreType::Efficiency) => Some(CoreType::Efficiency),
+        Some(ConfigCoreType::Any) | None => None,
+    }
+}
+
+/// Maps a `CpuConfig` to picker options. `smt: any` and `numaAlignment: none` behave like
+/// `prefer`: packing whole cores and one node costs nothing when the caller does not care.
+pub fn pick_options(config: Option<&CpuConfig>) -> PickOptions {
+    let Some(c) = config else {
+        return PickOptions::default();
+    };
+    PickOptions {
+        smt: match c.smt {
+            Some(SmtPolicy::FullCores) => alloc::SmtPolicy::FullCores,
+            _ => alloc::SmtPolicy::Prefer,
+        },
+        core_type: wanted_core_type(c),
+        single_numa_node: c.numa_alignment == Some(NumaAlignment::Require),
     }
 }

@@ -171,16 +171,21 @@ fn bad_requests_are_refused_clearly() {
     r.devices[0].config_json = "[1]".into();
     let err = m.prepare(&r).unwrap_err().to_string();
     assert!(
-        err.contains("device cpu4: config: must be a JSON object"),
+        err.contains("device cpu4: config: parameters must be a JSON object"),
         "{err}"
     );
-    r.devices[0].config_json = r#"{"kind":"NetdevConfig"}"#.into();
+    r.devices[0].config_json =
+        r#"{"apiVersion":"drakit.dev/v1alpha1","kind":"CpuConfig","bogus":1}"#.into();
+    let err = m.prepare(&r).unwrap_err().to_string();
     assert!(
-        m.prepare(&r)
-            .unwrap_err()
-            .to_string()
-            .contains("not CpuConfig")
+        err.contains("device cpu4: config:") && err.contains("bogus"),
+        "{err}"
     );
+    r.devices[0].config_json =
+        r#"{"apiVersion":"drakit.dev/v1alpha1","kind":"RdmaConfig","rdma":{}}"#.into();
+    let err = m.prepare(&r).unwrap_err().to_string();
+    assert!(err.contains("device cpu4: config:"), "{err}");
+    assert!(m.exclusive().is_empty());
     r.devices[0].config_json = r#"{"apiVersion":"drakit.dev/v1alpha1","kind":"CpuConfig"}"#.into();
     m.prepare(&r).unwrap();
     assert_eq!(m.exclusive(), set("4"));
@@ -505,4 +510,89 @@ fn individual_inventory_attributes() {
         p.attributes["coreType"].value,
         Some(attribute::Value::String("P-core".into()))
     );
+}
+
+fn cfg(json: &str) -> String {
+    format!(r#"{{"apiVersion":"drakit.dev/v1alpha1","kind":"CpuConfig",{json}}}"#)
+}
+
+#[test]
+fn cpu_config_steers_the_grouped_pick() {
+    let mut m = manager(
+        topo("alderlake-8p8e"),
+        PoolConfig {
+            model: DeviceModel::Grouped(GroupBy::Numa),
+            ..Default::default()
+        },
+        &MemoryStore::new(),
+    );
+    // Default: 4 CPUs = one whole E-core cluster.
+    let r = grouped("a", "numa0", "4");
+    assert_eq!(env_cpus(&m.prepare(&r).unwrap(), "a"), set("16-19"));
+    // coreType performance: two whole P-cores.
+    let mut r = grouped("b", "numa0", "4");
+    r.devices[0].config_json = cfg(r#""coreType":"performance""#);
+    assert_eq!(env_cpus(&m.prepare(&r).unwrap(), "b"), set("0-3"));
+    // smt full-cores with an odd count on P-cores: refused, nothing taken.
+    let mut r = grouped("c", "numa0", "3");
+    r.devices[0].config_json = cfg(r#""coreType":"performance","smt":"full-cores""#);
+    let err = m.prepare(&r).unwrap_err().to_string();
+    assert!(
+        err.contains("claim c") && err.contains("splits a core"),
+        "{err}"
+    );
+    // The count may come from the config when no capacity was recorded ...
+    let mut r = grouped("d", "numa0", "1");
+    r.devices[0].consumed_capacity.clear();
+    r.devices[0].config_json = cfg(r#""count":2,"coreType":"efficiency""#);
+    assert_eq!(env_cpus(&m.prepare(&r).unwrap(), "d"), set("20-21"));
+    // ... but must not contradict the capacity the scheduler accounted.
+    let mut r = grouped("e", "numa0", "2");
+    r.devices[0].config_json = cfg(r#""count":3"#);
+    let err = m.prepare(&r).unwrap_err().to_string();
+    assert!(
+        err.contains("config count 3 differs from the allocated capacity 2"),
+        "{err}"
+    );
+    assert_eq!(m.exclusive(), set("0-3,16-21"));
+}
+
+#[test]
+fn cpu_config_checks_the_individual_choice() {
+    let mut m = manager(
+        topo("xeon-2s-smt"),
+        PoolConfig::default(),
+        &MemoryStore::new(),
+    );
+    let with = |uid: &str, cpus: &[u32], json: &str| {
+        let mut r = individual(uid, cpus);
+        for d in &mut r.devices {
+            d.config_json = cfg(json);
+        }
+        r
+    };
+    // full-cores: cpu1 without its sibling cpu41 is refused; with it, fine.
+    let err = m
+        .prepare(&with("a", &[1, 2, 42], r#""smt":"full-cores""#))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cpu1 is allocated without its siblings 1,41"),
+        "{err}"
+    );
+    m.prepare(&with("a", &[1, 41, 2, 42], r#""smt":"full-cores""#))
+        .unwrap();
+    // numaAlignment require: CPUs on two nodes are refused.
+    let err = m
+        .prepare(&with("b", &[3, 23], r#""numaAlignment":"require""#))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("span NUMA nodes 0-1"), "{err}");
+    // coreType on a part without core types: refused with a hint.
+    let err = m
+        .prepare(&with("c", &[5], r#""coreType":"performance""#))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not typed"), "{err}");
+    assert_eq!(m.exclusive(), set("1-2,41-42"));
 }
