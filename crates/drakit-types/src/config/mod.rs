@@ -499,6 +499,26 @@ pub fn merge_for_request(
         .map_err(|e| e.with_context(Some(claim), &origin))
 }
 
+impl RuntimeSpecFragment {
+    /// Decodes a bare fragment (the `spec` object, as the kubelet plugin hands it to the NRI
+    /// sidecar) with the same strictness as a config: at most [`MAX_PARAMETERS_BYTES`], UTF-8,
+    /// no duplicate keys, no unknown fields, semantic checks. Paths start with `spec`.
+    pub fn from_json(raw: &[u8]) -> Result<Self, ConfigError> {
+        let obj = parse_parameters(raw)?;
+        let mut wrapper = Map::new();
+        wrapper.insert("spec".into(), Value::Object(obj));
+        match decode_object(ConfigKind::RuntimeSpecEdit, wrapper)? {
+            ClaimConfig::RuntimeSpecEdit(c) => Ok(c.spec),
+            _ => Err(invalid("spec", "not a runtime-spec fragment")),
+        }
+    }
+
+    /// Canonical JSON of the fragment (keys sorted at every level).
+    pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(&json::sorted(serde_json::to_value(self)?))
+    }
+}
+
 impl<'de> Deserialize<'de> for ClaimConfig {
     /// Lenient entry for configs embedded in other documents: decodes a JSON value with the
     /// same rules as [`decode_parameters`], except that duplicate keys cannot be seen here
@@ -512,5 +532,28 @@ impl<'de> Deserialize<'de> for ClaimConfig {
         };
         let kind = resolve_kind(&obj).map_err(serde::de::Error::custom)?;
         decode_object(kind, obj).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_version_matches_the_shared_constant() {
+        assert_eq!(API_VERSION, crate::constants::CONFIG_API_GROUP_VERSION);
+    }
+
+    #[test]
+    fn bare_fragment_round_trips() {
+        let raw = br#"{"linux":{"resources":{"unified":{"io.max":"8:0 rbps=1"}}},"process":{"env":["A=1"]}}"#;
+        let f = RuntimeSpecFragment::from_json(raw).unwrap();
+        let again = RuntimeSpecFragment::from_json(&f.to_json().unwrap()).unwrap();
+        assert_eq!(f, again);
+        let e =
+            RuntimeSpecFragment::from_json(br#"{"linux":{"sysctl":{},"bogus":1}}"#).unwrap_err();
+        assert_eq!(e.path(), "spec.linux.bogus");
+        let e = RuntimeSpecFragment::from_json(br#"{"process":{"env":[],"env":[]}}"#).unwrap_err();
+        assert_eq!(e.reason(), &Reason::DuplicateKey("env".into()));
     }
 }
