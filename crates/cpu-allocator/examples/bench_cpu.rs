@@ -153,6 +153,39 @@ fn main() {
         samples,
     );
 
+    // The same through the on-disk checkpoint journal (one append + fdatasync per change).
+    let disk = tempfile::tempdir().expect("temp dir");
+    let (store, _) = drakit_cpu::store::CheckpointStore::open(&disk.path().join("state"), "boot")
+        .expect("store");
+    let cfg = PoolConfig {
+        model: DeviceModel::Grouped(GroupBy::Numa),
+        reserved: CpuSet::parse("0,512").expect("list"),
+        ..Default::default()
+    };
+    let mut m = Manager::new(topo.clone(), cfg, "boot", Box::new(store)).expect("manager");
+    let mut prep = Vec::new();
+    let mut unprep = Vec::new();
+    for i in 0..300 {
+        let uid = format!("d{i}");
+        let t = Instant::now();
+        m.prepare(&grouped_request(&uid, "numa3", 64))
+            .expect("prepare");
+        prep.push(t.elapsed());
+        let t = Instant::now();
+        m.unprepare(&uid).expect("unprepare");
+        unprep.push(t.elapsed());
+    }
+    stats(
+        "Manager prepare, 64 CPUs, on-disk checkpoint (durable)",
+        None,
+        prep,
+    );
+    stats(
+        "Manager unprepare, on-disk checkpoint (durable)",
+        None,
+        unprep,
+    );
+
     idle_rss();
 }
 
