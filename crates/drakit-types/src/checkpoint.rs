@@ -271,8 +271,9 @@ impl<V: Serialize + DeserializeOwned> Checkpoint<V> {
         if boot_id.is_empty() || boot_id.len() > MAX_BOOT_ID_LEN {
             return Err(CheckpointError::BadBootId { path, boot_id });
         }
-        fsutil::create_dir_all(&opts.dir, 0o700)?;
-        let removed_temp_files = fsutil::remove_temp_files(&opts.dir, &opts.name)?;
+        fsutil::create_dir_durable(&opts.dir, 0o700, opts.durability)?;
+        let removed_temp_files =
+            fsutil::remove_temp_files_matching(&opts.dir, |target| target == opts.name)?;
 
         let mut report = LoadReport {
             path: path.clone(),
@@ -494,7 +495,7 @@ fn open_append(path: &Path) -> Result<File, CheckpointError> {
     OpenOptions::new()
         .append(true)
         .open(path)
-        .map_err(|e| FsError::new(Step::CreateTemp, path, e).into())
+        .map_err(|e| FsError::new(Step::Open, path, e).into())
 }
 
 fn header_bytes(boot_id: &str) -> Vec<u8> {

@@ -31,6 +31,7 @@ pub enum Durability {
 pub enum Step {
     CreateDir,
     CreateTemp,
+    Open,
     Write,
     SyncFile,
     Rename,
@@ -46,6 +47,7 @@ impl std::fmt::Display for Step {
         f.write_str(match self {
             Step::CreateDir => "create directory",
             Step::CreateTemp => "create temp file",
+            Step::Open => "open",
             Step::Write => "write",
             Step::SyncFile => "fsync file",
             Step::Rename => "rename",
@@ -196,10 +198,31 @@ pub fn create_dir_all(dir: &Path, mode: u32) -> Result<(), FsError> {
         .map_err(|e| FsError::new(Step::CreateDir, dir, e))
 }
 
+/// Like [`create_dir_all`], and if `dir` did not exist, flushes its parent's entry so that the
+/// new directory survives a crash together with what is written into it.
+pub fn create_dir_durable(dir: &Path, mode: u32, durability: Durability) -> Result<(), FsError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    create_dir_all(dir, mode)?;
+    if durability == Durability::Fsync {
+        sync_dir(parent_dir(dir))?;
+    }
+    Ok(())
+}
+
 /// Removes our leftover temp files in `dir` whose target name starts with `target_prefix`
 /// (`""` for all of ours). Temp files of the running process are kept: they may belong to a
 /// write in progress. A missing directory counts as empty. Returns the removed paths.
 pub fn remove_temp_files(dir: &Path, target_prefix: &str) -> Result<Vec<PathBuf>, FsError> {
+    remove_temp_files_matching(dir, |target| target.starts_with(target_prefix))
+}
+
+/// Like [`remove_temp_files`], for temp files whose target name satisfies `wanted`.
+pub fn remove_temp_files_matching(
+    dir: &Path,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<Vec<PathBuf>, FsError> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -214,7 +237,7 @@ pub fn remove_temp_files(dir: &Path, target_prefix: &str) -> Result<Vec<PathBuf>
         let Some((target, pid)) = parse_temp_name(name) else {
             continue;
         };
-        if pid == me || !target.starts_with(target_prefix) {
+        if pid == me || !wanted(target) {
             continue;
         }
         let path = entry.path();

@@ -120,7 +120,7 @@ impl SpecDir {
         match fsutil::atomic_write(&path, &bytes, self.durability) {
             Ok(()) => {}
             Err(e) if e.step == Step::CreateTemp && e.source.kind() == io::ErrorKind::NotFound => {
-                fsutil::create_dir_all(&self.dir, 0o755)?;
+                fsutil::create_dir_durable(&self.dir, 0o755, self.durability)?;
                 fsutil::atomic_write(&path, &bytes, self.durability)?;
             }
             Err(e) => return Err(e.into()),
