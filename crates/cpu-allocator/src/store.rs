@@ -121,11 +121,35 @@ impl StateStore for CheckpointStore {
     }
 }
 
-/// Creates `dir` (and parents) and makes it 0700.
+/// Creates `dir` (and parents) with mode 0700. An existing directory keeps its mode (it may be
+/// shared, e.g. `/tmp`); if others can reach into it, that is logged as a warning.
 pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {
+            if m.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    mode = format!("{:o}", m.permissions().mode() & 0o7777),
+                    "directory is accessible to other users; the socket's own 0600 mode and the peer check still apply"
+                );
+            }
+            Ok(())
+        }
+        Ok(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!("{} exists and is not a directory", dir.display()),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+            // The umask may have trimmed the mode; the leaf must be exactly 0700.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]
@@ -164,5 +188,27 @@ mod tests {
         assert!(report.corruption.is_some());
         assert!(!report.warnings().is_empty());
         assert!(s.load().unwrap().is_empty());
+    }
+
+    #[test]
+    fn private_dir_is_created_0700_and_existing_dirs_keep_their_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        create_private_dir(&shared).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(
+            mode(&shared),
+            0o1777,
+            "an existing (shared) dir is left alone"
+        );
+        let new = shared.join("a/b");
+        create_private_dir(&new).unwrap();
+        assert_eq!(mode(&new), 0o700);
+        let file = dir.path().join("f");
+        std::fs::write(&file, "").unwrap();
+        assert!(create_private_dir(&file).is_err());
     }
 }
