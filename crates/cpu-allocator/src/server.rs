@@ -1,6 +1,6 @@
 //! The `drakit.v1.Backend` and `drakit.v1.CpuPool` services over a Unix socket.
 //!
-//! The socket directory is made 0700 and the socket 0600; every accepted connection's peer
+//! The socket directory is created 0700 when missing and the socket is 0600; every accepted connection's peer
 //! credentials (SO_PEERCRED) are checked against the allowed uids (root always) and refused
 //! connections are closed before any byte is read.
 
@@ -211,7 +211,7 @@ impl PeerPolicy {
     }
 }
 
-/// Binds the socket: parent dir 0700, stale socket removed, socket 0600.
+/// Binds the socket: parent dir created 0700 if missing, stale socket removed, socket 0600.
 pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
     use std::os::unix::fs::PermissionsExt;
     let err = |source| ServerError::Socket {
