@@ -431,6 +431,21 @@ fn malformed_policy_files_fail_with_paths() {
 }
 
 #[test]
+fn empty_fragment_passes_even_a_policy_that_allows_nothing() {
+    let p = Policy::from_yaml(
+        "apiVersion: drakit.dev/v1alpha1\nkind: RuntimeSpecPolicy\ndefault: {}\n",
+    )
+    .unwrap();
+    check(&p, "n", &frag(json!({}))).unwrap();
+    check(&p, "n", &frag(json!({"linux": {}}))).unwrap();
+    let e = refused(&p, "n", json!({"process": {"env": ["A=1"]}}));
+    assert_eq!(
+        e.to_string(),
+        "spec.process: process is not allowed by the node policy"
+    );
+}
+
+#[test]
 fn an_empty_policy_file_header_uses_the_builtin_default() {
     let p =
         Policy::from_yaml("apiVersion: drakit.dev/v1alpha1\nkind: RuntimeSpecPolicy\n").unwrap();

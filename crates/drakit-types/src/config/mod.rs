@@ -118,6 +118,30 @@ impl ConfigKind {
     }
 }
 
+/// Which drakit driver a config kind belongs to (driver names are configurable, so this is
+/// the concern, not the name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Concern {
+    /// Network interfaces, RDMA, RoCE, CNI (`net.drakit.dev` by default).
+    Net,
+    /// Exclusive CPUs (`cpu.drakit.dev` by default).
+    Cpu,
+    /// Runtime-spec edits (`runtime.drakit.dev` by default).
+    Runtime,
+}
+
+impl ConfigKind {
+    /// The driver concern that accepts this kind; a driver should refuse configs of another
+    /// concern's kind.
+    pub fn concern(self) -> Concern {
+        match self {
+            Self::Netdev | Self::Rdma | Self::Roce | Self::Cni => Concern::Net,
+            Self::Cpu => Concern::Cpu,
+            Self::RuntimeSpecEdit => Concern::Runtime,
+        }
+    }
+}
+
 impl fmt::Display for ConfigKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -538,6 +562,20 @@ impl<'de> Deserialize<'de> for ClaimConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn embedded_deserialize_uses_the_same_rules() {
+        let ok: ClaimConfig = serde_json::from_str(
+            r#"{"apiVersion":"drakit.dev/v1alpha1","kind":"CpuConfig","count":2}"#,
+        )
+        .unwrap();
+        assert_eq!(ok.kind().concern(), Concern::Cpu);
+        let e = serde_json::from_str::<ClaimConfig>(
+            r#"{"apiVersion":"drakit.dev/v1alpha1","kind":"CpuConfig","count":0}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("count: must be at least 1"), "{e}");
+    }
 
     #[test]
     fn api_version_matches_the_shared_constant() {
