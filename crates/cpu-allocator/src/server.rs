@@ -1,8 +1,8 @@
 //! The `drakit.v1.Backend` and `drakit.v1.CpuPool` services over a Unix socket.
 //!
-//! The socket directory is created 0700 when missing and the socket is 0600; every accepted connection's peer
-//! credentials (SO_PEERCRED) are checked against the allowed uids (root always) and refused
-//! connections are closed before any byte is read.
+//! The socket directory is created 0700 when missing and the socket is 0600; every accepted
+//! connection's peer credentials (SO_PEERCRED) are checked against the allowed uids (root
+//! always) and refused connections are closed before any byte is read.
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
