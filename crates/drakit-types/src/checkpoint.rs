@@ -65,6 +65,8 @@ pub enum CheckpointError {
         #[source]
         source: io::Error,
     },
+    #[error("checkpoint {} is in use by another process (lock {} held)", path.display(), lock.display())]
+    Locked { path: PathBuf, lock: PathBuf },
     #[error("checkpoint {}: boot ID {boot_id:?} is empty or too long", path.display())]
     BadBootId { path: PathBuf, boot_id: String },
     #[error("checkpoint {}: cannot encode the value of key {key:?}: {source}", path.display())]
@@ -250,6 +252,8 @@ pub struct Checkpoint<V> {
     records: usize,
     /// An append failed and could not be undone: rewrite before the next append.
     needs_rewrite: bool,
+    /// Exclusive advisory lock on `<name>.lock`, held for the checkpoint's lifetime.
+    _lock: nix::fcntl::Flock<File>,
 }
 
 impl<V: Serialize + DeserializeOwned> Checkpoint<V> {
@@ -272,6 +276,7 @@ impl<V: Serialize + DeserializeOwned> Checkpoint<V> {
             return Err(CheckpointError::BadBootId { path, boot_id });
         }
         fsutil::create_dir_durable(&opts.dir, 0o700, opts.durability)?;
+        let lock = lock_file(&opts.dir.join(format!("{}.lock", opts.name)), &path)?;
         let removed_temp_files =
             fsutil::remove_temp_files_matching(&opts.dir, |target| target == opts.name)?;
 
@@ -354,6 +359,7 @@ impl<V: Serialize + DeserializeOwned> Checkpoint<V> {
             len: valid_len,
             records,
             needs_rewrite: false,
+            _lock: lock,
         };
         Ok((cp, report))
     }
@@ -489,6 +495,31 @@ impl<V: Serialize + DeserializeOwned> Checkpoint<V> {
         }
         Ok(())
     }
+}
+
+/// Takes an exclusive, non-blocking flock on the lock file (never deleted: removing lock files
+/// races). A second process (e.g. the next instance during a rolling update) gets `Locked` and
+/// may retry once the first one exits.
+fn lock_file(lock: &Path, path: &Path) -> Result<nix::fcntl::Flock<File>, CheckpointError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(lock)
+        .map_err(|e| FsError::new(Step::Open, lock, e))?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+        if errno == nix::errno::Errno::EWOULDBLOCK {
+            CheckpointError::Locked {
+                path: path.to_path_buf(),
+                lock: lock.to_path_buf(),
+            }
+        } else {
+            FsError::new(Step::Open, lock, io::Error::from(errno)).into()
+        }
+    })
 }
 
 fn open_append(path: &Path) -> Result<File, CheckpointError> {

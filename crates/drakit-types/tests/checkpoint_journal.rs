@@ -300,11 +300,16 @@ fn compaction_keeps_the_state() {
     let (cp, r) = Checkpoint::<Claim>::open(o).unwrap();
     assert!(r.warnings().is_empty());
     assert_eq!(cp.entries(), &model);
-    let names: Vec<_> = fs::read_dir(tmp.path())
+    let mut names: Vec<_> = fs::read_dir(tmp.path())
         .unwrap()
-        .map(|e| e.unwrap().file_name())
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert_eq!(names.len(), 1, "no temp files left: {names:?}");
+    names.sort();
+    assert_eq!(
+        names,
+        vec!["netdev.checkpoint", "netdev.checkpoint.lock"],
+        "no temp files left"
+    );
 }
 
 #[test]
@@ -386,4 +391,22 @@ proptest! {
         prop_assert!(r.warnings().is_empty());
         prop_assert_eq!(cp.get("after"), Some(&1));
     }
+}
+
+#[test]
+fn a_second_opener_is_refused_while_the_first_holds_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut first, _) = open(tmp.path());
+    first.put("a", claim(1)).unwrap();
+    let e = Checkpoint::<Claim>::open(opts(tmp.path(), "boot-1")).unwrap_err();
+    assert!(
+        matches!(e, drakit_types::checkpoint::CheckpointError::Locked { .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("in use"), "{e}");
+    first.compact().unwrap(); // the lock is not on the journal, so it survives a replace
+    assert!(Checkpoint::<Claim>::open(opts(tmp.path(), "boot-1")).is_err());
+    drop(first);
+    let (cp, _) = open(tmp.path());
+    assert_eq!(cp.get("a"), Some(&claim(1)));
 }
