@@ -505,7 +505,10 @@ pub fn check(
     // The config rules first (unified keys and values, env shape): never waivable.
     fragment.validate("spec")?;
     let rules = policy.rules_for(namespace);
+    // Sorted: oci-spec keeps some maps in HashMaps; the first refusal must not depend on hash
+    // order.
     let tree = serde_json::to_value(fragment)
+        .map(crate::config::json::sorted)
         .map_err(|e| perr("spec", format!("cannot encode the fragment: {e}")))?;
     let allowed: Vec<&str> = rules
         .allowed_fields

@@ -347,6 +347,16 @@ fn reasons_are_typed() {
             max: 10_240
         }
     );
+    // A re-encoded (merged) config may be larger than one entry.
+    let big = json!({"apiVersion": "drakit.dev/v1alpha1", "kind": "RuntimeSpecEditConfig",
+        "spec": {"annotations": (0..600).map(|i| (format!("example.com/k{i}"), Value::String("v".repeat(20)))).collect::<serde_json::Map<_, _>>()}});
+    let raw = serde_json::to_vec(&big).unwrap();
+    assert!(raw.len() > 10_240);
+    assert!(matches!(
+        decode(&raw).unwrap_err().reason,
+        Reason::TooLarge { .. }
+    ));
+    assert!(ClaimConfig::from_json(&raw).is_ok());
     // Exactly at the limit is size-accepted (then fails as JSON).
     let e = decode(&vec![b' '; 10_240]).unwrap_err();
     assert!(matches!(e.reason, Reason::Syntax(_)));

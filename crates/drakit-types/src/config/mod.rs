@@ -58,6 +58,10 @@ use error::invalid;
 pub const API_VERSION: &str = "drakit.dev/v1alpha1";
 /// Largest raw parameters accepted (`OpaqueParametersMaxLength` in resource.k8s.io).
 pub const MAX_PARAMETERS_BYTES: usize = 10 * 1024;
+/// Largest re-encoded config accepted by [`ClaimConfig::from_json`] and
+/// [`RuntimeSpecFragment::from_json`]: a merge of up to 64 entries (32 class + 32 claim configs)
+/// can legitimately be larger than one entry, and re-encoding may add defaulted fields.
+pub const MAX_ENCODED_BYTES: usize = 64 * MAX_PARAMETERS_BYTES;
 
 const KIND_LIST: &str =
     "NetdevConfig, RdmaConfig, RoceConfig, CniConfig, CpuConfig, RuntimeSpecEditConfig";
@@ -251,9 +255,10 @@ impl ClaimConfig {
     }
 
     /// Decodes JSON without claim context (a backend re-reading a config the kubelet plugin
-    /// already validated). Same rules as [`decode_parameters`].
+    /// already validated). Same rules as [`decode_parameters`], except the size limit is
+    /// [`MAX_ENCODED_BYTES`] (a merged config may be larger than one entry).
     pub fn from_json(raw: &[u8]) -> Result<Self, ConfigError> {
-        decode(raw)
+        decode(raw, MAX_ENCODED_BYTES)
     }
 
     /// The netdev part, for kinds that have one (NetdevConfig, RoceConfig).
@@ -268,12 +273,16 @@ impl ClaimConfig {
 
 /// Checks size, UTF-8, JSON (no duplicate keys) and that the top level is an object.
 pub fn parse_parameters(raw: &[u8]) -> Result<Map<String, Value>, ConfigError> {
-    if raw.len() > MAX_PARAMETERS_BYTES {
+    parse_limited(raw, MAX_PARAMETERS_BYTES)
+}
+
+fn parse_limited(raw: &[u8], max: usize) -> Result<Map<String, Value>, ConfigError> {
+    if raw.len() > max {
         return Err(ConfigError::new(
             "",
             Reason::TooLarge {
                 len: raw.len(),
-                max: MAX_PARAMETERS_BYTES,
+                max,
             },
         ));
     }
@@ -390,8 +399,8 @@ pub fn decode_object(
     Ok(cfg)
 }
 
-fn decode(raw: &[u8]) -> Result<ClaimConfig, ConfigError> {
-    let obj = parse_parameters(raw)?;
+fn decode(raw: &[u8], max: usize) -> Result<ClaimConfig, ConfigError> {
+    let obj = parse_limited(raw, max)?;
     let kind = resolve_kind(&obj)?;
     decode_object(kind, obj)
 }
@@ -405,7 +414,8 @@ pub fn decode_parameters(
     source: ConfigSource,
     raw: &[u8],
 ) -> Result<ClaimConfig, ConfigError> {
-    decode(raw).map_err(|e| e.with_context(Some(claim), &Origin::Entry(EntryRef { index, source })))
+    decode(raw, MAX_PARAMETERS_BYTES)
+        .map_err(|e| e.with_context(Some(claim), &Origin::Entry(EntryRef { index, source })))
 }
 
 /// One opaque config entry of a claim's allocation, as the caller found it.
@@ -525,10 +535,10 @@ pub fn merge_for_request(
 
 impl RuntimeSpecFragment {
     /// Decodes a bare fragment (the `spec` object, as the kubelet plugin hands it to the NRI
-    /// sidecar) with the same strictness as a config: at most [`MAX_PARAMETERS_BYTES`], UTF-8,
+    /// sidecar) with the same strictness as a config: at most [`MAX_ENCODED_BYTES`], UTF-8,
     /// no duplicate keys, no unknown fields, semantic checks. Paths start with `spec`.
     pub fn from_json(raw: &[u8]) -> Result<Self, ConfigError> {
-        let obj = parse_parameters(raw)?;
+        let obj = parse_limited(raw, MAX_ENCODED_BYTES)?;
         let mut wrapper = Map::new();
         wrapper.insert("spec".into(), Value::Object(obj));
         match decode_object(ConfigKind::RuntimeSpecEdit, wrapper)? {
