@@ -203,3 +203,26 @@ fn failed_write_reports_the_path_and_changes_nothing() {
     assert_eq!(fs::read(dir.path_for("u1")).unwrap(), before);
     assert_eq!(names(&d), vec!["net.drakit.dev-claim_u1.json".to_string()]);
 }
+
+#[test]
+fn write_rechecks_a_spec_changed_after_build() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = SpecDir::new(tmp.path(), VENDOR, "claim").unwrap();
+    let mut s = spec("u1", "a");
+    s.claim_uid = "../escape".into();
+    assert!(dir.write(&s).unwrap_err().to_string().contains("claim UID"));
+    let mut s = spec("u1", "a");
+    s.spec.devices[0].container_edits.env.push("BROKEN".into());
+    let e = dir.write(&s).unwrap_err().to_string();
+    assert!(e.contains("u1") && e.contains("env[1]"), "{e}");
+    let mut s = spec("u1", "a");
+    s.spec.cdi_version = "0.2.0".into();
+    assert!(
+        dir.write(&s)
+            .unwrap_err()
+            .to_string()
+            .contains("cdiVersion")
+    );
+    assert!(dir.list().unwrap().is_empty());
+    assert!(names(tmp.path()).is_empty());
+}

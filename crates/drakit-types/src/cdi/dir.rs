@@ -9,6 +9,7 @@ use super::CdiError;
 use super::claim::{
     ClaimSpec, check_vendor_class, file_prefix, spec_file_name, validate_claim_uid,
 };
+use super::validate::validate_spec;
 use crate::fsutil::{self, Durability, FsError, Step};
 
 /// What [`SpecDir::write`] did.
@@ -109,6 +110,13 @@ impl SpecDir {
                 ),
             });
         }
+        // ClaimSpec's fields are public: check again what could have been changed after build.
+        validate_claim_uid(&spec.claim_uid)?;
+        validate_spec(&spec.spec).map_err(|invalid| CdiError::InvalidSpec {
+            claim_uid: spec.claim_uid.clone(),
+            kind: spec.spec.kind.clone(),
+            invalid,
+        })?;
         let bytes = spec.to_json()?;
         let path = self.path_for(&spec.claim_uid);
         match fs::read(&path) {
