@@ -92,6 +92,9 @@ pub struct Args {
     /// Uids allowed to connect besides root (comma-separated).
     #[arg(long, env = "DRAKIT_CPU_ALLOWED_UIDS", value_delimiter = ',')]
     pub allowed_uids: Vec<u32>,
+    /// Re-read the topology every this many seconds to follow CPU hotplug (0: never).
+    #[arg(long, env = "DRAKIT_CPU_RESCAN_SECS", default_value_t = 30)]
+    pub rescan_secs: u64,
     /// Log format.
     #[arg(long, env = "DRAKIT_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -116,6 +119,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub pool: PoolConfig,
     pub peers: PeerPolicy,
+    /// Topology re-read interval; `None`: never.
+    pub rescan: Option<std::time::Duration>,
 }
 
 /// Errors of the daemon.
@@ -166,6 +171,8 @@ impl Args {
             peers: PeerPolicy {
                 allowed_uids: self.allowed_uids,
             },
+            rescan: (self.rescan_secs > 0)
+                .then(|| std::time::Duration::from_secs(self.rescan_secs)),
         })
     }
 }
@@ -192,16 +199,17 @@ pub async fn run(
     cfg: Config,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), DaemonError> {
-    let (topo, _fixture_dir) = match &cfg.topology {
-        TopologySource::Sysfs(root) => (Topology::discover(root)?, None),
+    let (root, _fixture_dir) = match &cfg.topology {
+        TopologySource::Sysfs(root) => (root.clone(), None),
         TopologySource::Fixture(path) => {
             let spec = MachineSpec::load(path)?;
             let dir = tempfile_dir()?;
             spec.materialize(&dir.0)?;
             tracing::info!(fixture = %spec.name, root = %dir.0.display(), "using a machine description");
-            (Topology::discover(&dir.0)?, Some(dir))
+            (dir.0.clone(), Some(dir))
         }
     };
+    let topo = Topology::discover(&root)?;
     let boot_id = read_boot_id(&cfg.boot_id_file)?;
     let (store, report) = CheckpointStore::open(&cfg.state_dir, &boot_id)?;
     for w in report.warnings() {
@@ -220,9 +228,37 @@ pub async fn run(
     let service = CpuService::new(manager);
     let listener = server::bind(&cfg.socket)?;
     tracing::info!(socket = %cfg.socket.display(), "serving");
-    server::serve(service, listener, &cfg.socket, cfg.peers.clone(), shutdown).await?;
+    let rescan = cfg
+        .rescan
+        .map(|every| tokio::spawn(rescan_loop(service.clone(), root.clone(), every)));
+    let served = server::serve(service, listener, &cfg.socket, cfg.peers.clone(), shutdown).await;
+    if let Some(task) = rescan {
+        task.abort();
+    }
+    served?;
     tracing::info!("stopped, socket removed");
     Ok(())
+}
+
+/// Re-reads the topology every `every`; a changed one is republished. Read errors are logged
+/// and the last good topology stays in force.
+async fn rescan_loop(service: CpuService, root: PathBuf, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // the first tick is immediate; start-up just read it
+    loop {
+        tick.tick().await;
+        let r = root.clone();
+        match tokio::task::spawn_blocking(move || Topology::discover(&r)).await {
+            Ok(Ok(topo)) => {
+                if let Err(e) = service.refresh_topology(topo) {
+                    tracing::error!("applying the new topology: {e}");
+                }
+            }
+            Ok(Err(e)) => tracing::warn!("re-reading the topology: {e}; keeping the last one"),
+            Err(e) => tracing::warn!("re-reading the topology: task failed: {e}"),
+        }
+    }
 }
 
 /// A private temporary directory removed on drop (for `--fixture`).
@@ -268,6 +304,9 @@ mod tests {
         assert_eq!(cfg.peers.allowed_uids, vec![1000, 1001]);
         assert!(cfg.peers.allows(0) && cfg.peers.allows(1001) && !cfg.peers.allows(7));
         assert_eq!(cfg.topology, TopologySource::Sysfs("/sys".into()));
+        assert_eq!(cfg.rescan, Some(std::time::Duration::from_secs(30)));
+        let off = Args::try_parse_from(["drakit-cpu", "--rescan-secs", "0"]).unwrap();
+        assert_eq!(off.into_config().unwrap().rescan, None);
         let bad = Args::try_parse_from(["drakit-cpu", "--reserved-cpus", "x"]).unwrap();
         assert!(
             bad.into_config()

@@ -93,6 +93,21 @@ impl CpuService {
     fn publish(&self, m: &Manager) {
         self.pool_tx.send_replace(m.pool_state());
     }
+
+    /// Hands a freshly discovered topology to the manager; when it changed, watchers of the
+    /// inventory and of the pool get the new state. Returns whether it changed.
+    pub fn refresh_topology(&self, topo: crate::topology::Topology) -> Result<bool, Status> {
+        let mut m = self
+            .manager
+            .lock()
+            .map_err(|_| Status::internal("state lock poisoned"))?;
+        if !m.refresh_topology(topo) {
+            return Ok(false);
+        }
+        self.inventory_tx.send_replace(m.inventory());
+        self.publish(&m);
+        Ok(true)
+    }
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;

@@ -138,6 +138,7 @@ pub struct Manager {
     claims: BTreeMap<String, ClaimRecord>,
     owner: BTreeMap<u32, String>,
     generation: u64,
+    inventory_generation: u64,
 }
 
 impl std::fmt::Debug for Manager {
@@ -174,6 +175,7 @@ impl Manager {
             claims: BTreeMap::new(),
             owner: BTreeMap::new(),
             generation: 1,
+            inventory_generation: 1,
         };
         for (key, value) in entries {
             match m.restore_one(&key, &value) {
@@ -296,7 +298,41 @@ impl Manager {
 
     /// The published devices (static while the topology is).
     pub fn inventory(&self) -> Inventory {
-        inventory::build(&self.topo, self.cfg.model, &self.allocatable(), 1)
+        inventory::build(
+            &self.topo,
+            self.cfg.model,
+            &self.allocatable(),
+            self.inventory_generation,
+        )
+    }
+
+    /// Takes a freshly discovered topology (CPU hotplug, isolcpus change). Returns whether
+    /// anything changed; then the inventory generation and the pool generation are bumped.
+    /// Claims keep their CPUs; those holding CPUs that went offline are logged.
+    pub fn refresh_topology(&mut self, topo: Topology) -> bool {
+        if topo == self.topo {
+            return false;
+        }
+        let went_offline = self.topo.online.difference(&topo.online);
+        let came_online = topo.online.difference(&self.topo.online);
+        tracing::info!(
+            offline = %went_offline,
+            online = %came_online,
+            "CPU topology changed; republishing devices"
+        );
+        for rec in self.claims.values() {
+            let lost = rec.cpus.difference(&topo.online);
+            if !lost.is_empty() {
+                tracing::warn!(
+                    claim.uid = %rec.uid,
+                    "exclusive CPUs {lost} of the claim are no longer online"
+                );
+            }
+        }
+        self.topo = topo;
+        self.inventory_generation += 1;
+        self.generation += 1;
+        true
     }
 
     /// Records the exclusive CPUs of a claim. Idempotent: a repeat returns the same answer.

@@ -68,6 +68,7 @@ fn grouped_request(uid: &str, count: &str) -> PrepareRequest {
 
 struct Running {
     _dir: tempfile::TempDir,
+    service: CpuService,
     socket: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), server::ServerError>>,
@@ -84,18 +85,21 @@ fn start(policy: PeerPolicy) -> Running {
         ..Default::default()
     };
     let m = Manager::new(topo, cfg, BOOT, Box::new(MemoryStore::new())).unwrap();
+    let service = CpuService::new(m);
     let socket = dir.path().join("run/drakit/cpu.sock");
     let listener = server::bind(&socket).unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let path = socket.clone();
+    let svc = service.clone();
     let task = tokio::spawn(async move {
-        server::serve(CpuService::new(m), listener, &path, policy, async {
+        server::serve(svc, listener, &path, policy, async {
             let _ = rx.await;
         })
         .await
     });
     Running {
         _dir: dir,
+        service,
         socket,
         stop: Some(tx),
         task,
@@ -193,6 +197,24 @@ async fn backend_and_pool_over_a_unix_socket() {
         })
         .await
         .unwrap();
+
+    // A topology change (cpu79 went offline) reaches both watchers.
+    let spec_path = drakit_cpu::fixture::fixtures_dir().join("xeon-2s-smt.json");
+    let mut spec = drakit_cpu::fixture::MachineSpec::load(&spec_path).unwrap();
+    spec.offline = "79".into();
+    let sys = tempfile::tempdir_in(drakit_cpu::fixture::scratch_parent()).unwrap();
+    spec.materialize(sys.path()).unwrap();
+    let changed = srv
+        .service
+        .refresh_topology(Topology::discover(sys.path()).unwrap())
+        .unwrap();
+    assert!(changed);
+    let inv2 = devices.message().await.unwrap().unwrap();
+    assert_eq!(inv2.generation, inv.generation + 1);
+    let numa1 = inv2.devices.iter().find(|d| d.name == "numa1").unwrap();
+    assert_eq!(numa1.capacity["cpus"].value, "39");
+    let pool2 = watch.message().await.unwrap().unwrap();
+    assert_eq!(pool2.shared_cpus, "1-39,41-78");
 
     // Shutdown with both watch streams still open: they end and the server drains.
     let _ = srv.stop.take().unwrap().send(());
@@ -415,4 +437,58 @@ async fn binary_serves_restores_and_stops_on_sigterm() {
     drop(backend);
     let logs = stop(child);
     assert!(logs.contains("is corrupt"), "{logs}");
+}
+
+/// The real binary follows CPU hotplug: with a 1 s rescan, taking a CPU offline in its sysfs root
+/// republishes the inventory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_rescans_the_topology() {
+    let dir = tempfile::tempdir().unwrap();
+    let sys = tempfile::tempdir_in(drakit_cpu::fixture::scratch_parent()).unwrap();
+    materialize_named("alderlake-8p8e", sys.path()).unwrap();
+    let socket = dir.path().join("cpu.sock");
+    let boot = dir.path().join("boot_id");
+    std::fs::write(&boot, format!("{BOOT}\n")).unwrap();
+    let mut daemon = Daemon(Some(
+        std::process::Command::new(env!("CARGO_BIN_EXE_drakit-cpu"))
+            .env_clear()
+            .env("DRAKIT_CPU_SOCKET", &socket)
+            .env("DRAKIT_SYSFS_ROOT", sys.path())
+            .env("DRAKIT_BOOT_ID_FILE", &boot)
+            .env("DRAKIT_CPU_STATE_DIR", dir.path().join("state"))
+            .env("DRAKIT_CPU_RESCAN_SECS", "1")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let mut backend = BackendClient::new(connect(&socket).await);
+    let mut devices = backend
+        .watch_devices(WatchDevicesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let first = devices.message().await.unwrap().unwrap();
+    assert_eq!(first.devices.len(), 24);
+    // Hotplug: cpu23 goes offline (the kernel drops its topology directory).
+    let cpu = sys.path().join("devices/system/cpu");
+    std::fs::write(cpu.join("online"), "0-22\n").unwrap();
+    std::fs::remove_dir_all(cpu.join("cpu23/topology")).unwrap();
+    std::fs::remove_dir_all(cpu.join("cpu23/cache")).unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(20), devices.message())
+        .await
+        .expect("a new inventory after the rescan")
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.generation, first.generation + 1);
+    assert_eq!(next.devices.len(), 23);
+    assert!(!next.devices.iter().any(|d| d.name == "cpu23"));
+    drop(devices);
+    drop(backend);
+    let child = daemon.0.take().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
 }

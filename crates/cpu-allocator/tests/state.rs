@@ -596,3 +596,34 @@ fn cpu_config_checks_the_individual_choice() {
     assert!(err.contains("not typed"), "{err}");
     assert_eq!(m.exclusive(), set("1-2,41-42"));
 }
+
+#[test]
+fn topology_refresh_follows_hotplug() {
+    let mut m = manager(
+        topo("xeon-2s-smt"),
+        PoolConfig::default(),
+        &MemoryStore::new(),
+    );
+    m.prepare(&individual("a", &[5, 79])).unwrap();
+    let (inv0, gen0) = (m.inventory(), m.generation());
+    assert_eq!(inv0.devices.len(), 80);
+    assert!(
+        !m.refresh_topology(m.topology().clone()),
+        "same topology: no change"
+    );
+
+    let mut spec = MachineSpec::load(&fixtures_dir().join("xeon-2s-smt.json")).unwrap();
+    spec.offline = "78-79".into();
+    let dir = tempfile::tempdir_in(drakit_cpu::fixture::scratch_parent()).unwrap();
+    spec.materialize(dir.path()).unwrap();
+    assert!(m.refresh_topology(Topology::discover(dir.path()).unwrap()));
+    let inv = m.inventory();
+    assert_eq!(inv.generation, inv0.generation + 1);
+    assert_eq!(inv.devices.len(), 78);
+    assert!(m.generation() > gen0);
+    assert!(!m.shared_pool().contains(78));
+    // The claim keeps its CPUs (one now offline, logged); offline CPUs are refused.
+    assert_eq!(m.claim("a").unwrap().cpus, set("5,79"));
+    let err = m.prepare(&individual("b", &[78])).unwrap_err().to_string();
+    assert!(err.contains("cpu78 is offline"), "{err}");
+}
