@@ -181,3 +181,150 @@ proptest! {
         let _ = merge_for_request(&ClaimRef::default(), "d", "r", &entries);
     }
 }
+
+/// Valid netdev configs, generated field by field for the chosen kind.
+fn valid_netdev() -> impl Strategy<Value = Value> {
+    const KINDS: [&str; 7] = [
+        "macvlan",
+        "ipvlan",
+        "veth",
+        "dummy",
+        "host-device",
+        "sriov-vf",
+        "ipoib",
+    ];
+    let ifname = "[a-z][a-z0-9_.-]{0,14}";
+    let mac = proptest::array::uniform6(any::<u8>())
+        .prop_filter("not zero", |b| b.iter().any(|x| *x != 0))
+        .prop_map(|mut b| {
+            b[0] &= 0xfe; // unicast
+            if b == [0; 6] {
+                b[5] = 1;
+            }
+            format!(
+                "{:02X}:{:02x}:{:02X}:{:02x}:{:02x}:{:02x}",
+                b[0], b[1], b[2], b[3], b[4], b[5]
+            )
+        });
+    let v4 = (1u8..224, any::<[u8; 3]>(), 0u8..=32)
+        .prop_map(|(a, r, p)| format!("{a}.{}.{}.{}/{p}", r[0], r[1], r[2]));
+    let v6 = (0x2000u16..0x3fff, any::<[u16; 7]>(), 0u8..=128).prop_map(|(a, r, p)| {
+        format!(
+            "{a:x}:{:X}:{:x}:{:x}:{:x}:{:x}:{:x}:{:x}/{p}",
+            r[0], r[1], r[2], r[3], r[4], r[5], r[6]
+        )
+    });
+    let addrs = proptest::collection::btree_set(prop_oneof![v4, v6], 0..4)
+        .prop_map(|s| s.into_iter().collect::<Vec<_>>());
+    let routes = proptest::collection::vec(
+        (
+            any::<[u8; 2]>(),
+            proptest::option::of(1u32..1000),
+            any::<bool>(),
+        ),
+        0..3,
+    )
+    .prop_map(|rs| {
+        rs.into_iter()
+            .map(|(n, metric, gw)| {
+                let mut r = serde_json::json!({"dst": format!("10.{}.{}.0/24", n[0], n[1])});
+                if gw {
+                    r["gateway"] = Value::from("10.255.0.1");
+                }
+                if let Some(m) = metric {
+                    r["metric"] = Value::from(m);
+                }
+                r
+            })
+            .collect::<Vec<_>>()
+    });
+    (
+        proptest::sample::select(&KINDS[..]),
+        proptest::option::of(ifname),
+        proptest::option::of(68u32..=65535),
+        proptest::option::of(mac),
+        addrs,
+        routes,
+        any::<u8>(),
+        1u16..=4094,
+        1u16..=0x7fff,
+        proptest::option::of(proptest::sample::select(&["nri", "cdi", "hook"][..])),
+    )
+        .prop_map(
+            |(kind, name, mtu, mac, addresses, routes, pick, vlan, pkey, attach)| {
+                let mut n = serde_json::json!({"kind": kind});
+                if let Some(x) = name {
+                    n["interfaceName"] = Value::from(x);
+                }
+                if let Some(x) = mtu {
+                    n["mtu"] = Value::from(x);
+                }
+                if !addresses.is_empty() {
+                    n["addresses"] = Value::from(addresses);
+                }
+                if !routes.is_empty() {
+                    n["routes"] = Value::from(routes);
+                }
+                if let Some(a) = attach {
+                    n["attachMode"] = Value::from(a);
+                }
+                match kind {
+                    "macvlan" => {
+                        n["parent"] = Value::from("eth0");
+                        let modes = ["bridge", "private", "vepa", "passthru", "source"];
+                        n["mode"] = Value::from(modes[usize::from(pick) % modes.len()]);
+                    }
+                    "ipvlan" => {
+                        n["parent"] = Value::from("eth0");
+                        let modes = ["l2", "l3", "l3s"];
+                        n["mode"] = Value::from(modes[usize::from(pick) % modes.len()]);
+                    }
+                    "veth" => {
+                        n["master"] = Value::from("br0");
+                        n["hostInterfaceName"] = Value::from("vh0");
+                    }
+                    "sriov-vf" => {
+                        n["vlan"] = Value::from(vlan);
+                        n["vlanQos"] = Value::from(pick % 8);
+                        n["trust"] = Value::from(pick % 2 == 0);
+                        n["spoofChk"] = Value::from(pick % 3 == 0);
+                    }
+                    "ipoib" => {
+                        n["pkey"] = if pick % 2 == 0 {
+                            Value::from(pkey)
+                        } else {
+                            Value::from(format!("0x{pkey:x}"))
+                        };
+                    }
+                    _ => {}
+                }
+                if let Some(m) = mac
+                    && !matches!(kind, "ipvlan" | "ipoib")
+                {
+                    n["mac"] = Value::from(m);
+                }
+                serde_json::json!({"apiVersion": "drakit.dev/v1alpha1", "kind": "NetdevConfig", "netdev": n})
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn valid_netdev_configs_decode_and_round_trip(v in valid_netdev()) {
+        let raw = serde_json::to_vec(&v).unwrap();
+        let c = decode_parameters(&ClaimRef::default(), 0, ConfigSource::FromClaim, &raw)
+            .map_err(|e| TestCaseError::fail(format!("{e}\n{v}")))?;
+        let bytes = c.to_json().unwrap();
+        let again = ClaimConfig::from_json(&bytes).unwrap();
+        prop_assert_eq!(&again, &c);
+        prop_assert_eq!(again.to_json().unwrap(), bytes);
+        // MACs come back lower case.
+        if let Some(m) = v["netdev"]["mac"].as_str() {
+            let out = c.to_value().unwrap();
+            let want = m.to_lowercase();
+            prop_assert_eq!(out["netdev"]["mac"].as_str(), Some(want.as_str()));
+        }
+    }
+}
