@@ -331,6 +331,11 @@ impl Drop for Daemon {
         if let Some(mut c) = self.0.take() {
             let _ = c.kill();
             let _ = c.wait();
+            // A killed daemon cannot remove the tree it materialised for --fixture.
+            let _ = std::fs::remove_dir_all(
+                drakit_cpu::fixture::scratch_parent()
+                    .join(format!("drakit-cpu-fixture-{}", c.id())),
+            );
         }
     }
 }
