@@ -154,7 +154,6 @@ fn bench_cdi(base: &Path, n: usize) -> (Vec<Duration>, Vec<Duration>) {
     (first, again)
 }
 
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1000);
