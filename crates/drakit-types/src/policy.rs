@@ -330,12 +330,7 @@ impl Rules {
     fn validate(&self, path: &str) -> Result<(), PolicyError> {
         let join = |k: &str| format!("{path}.{k}");
         for (i, f) in self.allowed_fields.iter().flatten().enumerate() {
-            let ok = !f.is_empty()
-                && f.split('.')
-                    .all(|seg| !seg.is_empty() && seg.bytes().all(|c| c.is_ascii_alphanumeric()))
-                && ["process", "linux", "mounts", "hooks", "annotations"]
-                    .contains(&f.split('.').next().unwrap_or(""));
-            if !ok {
+            if !valid_field_path(f) {
                 return Err(perr(
                     format!("{}[{i}]", join("allowedFields")),
                     format!(
@@ -375,7 +370,11 @@ impl Rules {
             }
         }
         for (k, b) in self.bounds.iter().flatten() {
-            check_bound(b, &format!("{}[{k:?}]", join("bounds")))?;
+            let p = format!("{}[{k:?}]", join("bounds"));
+            if !valid_field_path(k) {
+                return Err(perr(p, format!("{k:?} is not a fragment field path")));
+            }
+            check_bound(b, &p)?;
         }
         let dirs = [
             (
@@ -396,6 +395,15 @@ impl Rules {
         }
         Ok(())
     }
+}
+
+/// A fragment field path: runtime-spec JSON names separated by `.`, under a fragment root.
+fn valid_field_path(f: &str) -> bool {
+    !f.is_empty()
+        && f.split('.')
+            .all(|seg| !seg.is_empty() && seg.bytes().all(|c| c.is_ascii_alphanumeric()))
+        && ["process", "linux", "mounts", "hooks", "annotations"]
+            .contains(&f.split('.').next().unwrap_or(""))
 }
 
 fn check_bound(b: &Bound, path: &str) -> Result<(), PolicyError> {
@@ -839,6 +847,28 @@ fn check_mounts(f: &RuntimeSpecFragment, rules: &Rules) -> Result<(), PolicyErro
         let p = format!("spec.mounts[{i}]");
         let dest = mnt.destination().to_string_lossy();
         clean_abs_path(&dest).map_err(|e| perr(format!("{p}.destination"), e))?;
+        let dpath = mnt.destination();
+        if dpath == Path::new("/") || dpath.starts_with("/proc") || dpath.starts_with("/sys") {
+            return Err(perr(
+                format!("{p}.destination"),
+                format!(
+                    "mounting over {dest} is not allowed (/, /proc and /sys belong to the runtime)"
+                ),
+            ));
+        }
+        if let Some(o) = mnt
+            .options()
+            .iter()
+            .flatten()
+            .find(|o| matches!(o.as_str(), "shared" | "rshared" | "slave" | "rslave"))
+        {
+            return Err(perr(
+                format!("{p}.options"),
+                format!(
+                    "propagation {o:?} is not allowed: mounts must not propagate between host and container"
+                ),
+            ));
+        }
         let bind = mnt.typ().as_deref() == Some("bind")
             || mnt
                 .options()

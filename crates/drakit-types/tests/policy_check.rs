@@ -307,6 +307,28 @@ fn policy_file_rules_and_namespace_overrides() {
 }
 
 #[test]
+fn allowed_mounts_cannot_cover_runtime_paths_or_propagate() {
+    let p = Policy::from_yaml(POLICY).unwrap();
+    for dest in ["/", "/proc", "/proc/sys", "/sys/fs/cgroup"] {
+        let e = refused(
+            &p,
+            "team-a",
+            json!({"mounts": [{"destination": dest, "type": "tmpfs", "source": "tmpfs"}]}),
+        );
+        assert_eq!(e.path, "spec.mounts[0].destination", "{dest}");
+    }
+    let e = refused(
+        &p,
+        "team-a",
+        json!({"mounts": [{"destination": "/d", "type": "bind", "source": "/srv/shared", "options": ["rbind", "rshared"]}]}),
+    );
+    assert_eq!(
+        e.to_string(),
+        "spec.mounts[0].options: propagation \"rshared\" is not allowed: mounts must not propagate between host and container"
+    );
+}
+
+#[test]
 fn hooks_when_allowed_must_come_from_allowed_paths() {
     let p = Policy::from_yaml(
         "apiVersion: drakit.dev/v1alpha1\nkind: RuntimeSpecPolicy\ndefault:\n  allowedFields: [hooks]\n  hooks: {allowedPaths: [/opt/hooks]}\n",
@@ -411,6 +433,11 @@ fn malformed_policy_files_fail_with_paths() {
             format!("{head}extra: 1\n"),
             "extra",
             "unknown field `extra`",
+        ),
+        (
+            format!("{head}default:\n  bounds:\n    spec.pids: {{max: 1}}\n"),
+            "default.bounds[\"spec.pids\"]",
+            "is not a fragment field path",
         ),
     ];
     let mut wrong = Vec::new();

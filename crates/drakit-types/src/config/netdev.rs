@@ -368,15 +368,6 @@ impl NetdevSpec {
                 return Err(invalid(join(path, "vlanQos"), "needs vlan"));
             }
         }
-        if let (Some(p), Some(n)) = (&self.parent, &self.interface_name)
-            && kind == K::Ipoib
-            && p == n
-        {
-            return Err(invalid(
-                join(path, "interfaceName"),
-                "must differ from parent",
-            ));
-        }
         let ap = join(path, "addresses");
         if self.addresses.len() > MAX_ADDRESSES {
             return Err(invalid(
