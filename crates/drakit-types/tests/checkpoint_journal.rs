@@ -410,3 +410,66 @@ fn a_second_opener_is_refused_while_the_first_holds_it() {
     let (cp, _) = open(tmp.path());
     assert_eq!(cp.get("a"), Some(&claim(1)));
 }
+
+/// Unmounts a test tmpfs even when the test fails.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A failed append (disk full in the middle of a record) leaves no garbage behind: the next
+/// append and a reopen see a clean journal without the failed change.
+#[test]
+fn failed_append_is_cut_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let ok = std::process::Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=256k",
+            "drakit-test",
+            mnt.to_str().unwrap(),
+        ])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        eprintln!("skipped: cannot mount a small tmpfs (needs root) to simulate a full disk");
+        return;
+    }
+    let _guard = Mounted(mnt.clone());
+    let o = Options {
+        durability: Durability::Fsync,
+        ..opts(&mnt, "boot-1")
+    };
+    let (mut cp, _) = Checkpoint::<String>::open(o.clone()).unwrap();
+    cp.put("small", "v".into()).unwrap();
+    let len_before = fs::metadata(cp.path()).unwrap().len();
+    // Fill the filesystem.
+    let filler = mnt.join("filler");
+    {
+        use std::io::Write;
+        let mut f = fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+    }
+    let e = cp.put("big", "x".repeat(64 * 1024)).unwrap_err();
+    assert!(e.to_string().contains("netdev.checkpoint"), "{e}");
+    assert_eq!(cp.get("big"), None);
+    assert_eq!(fs::metadata(cp.path()).unwrap().len(), len_before);
+    fs::remove_file(&filler).unwrap();
+    cp.put("after", "a".into()).unwrap();
+    drop(cp);
+    let (cp, r) = Checkpoint::<String>::open(o).unwrap();
+    assert!(r.warnings().is_empty(), "{r:?}");
+    assert_eq!(
+        cp.entries().keys().cloned().collect::<Vec<_>>(),
+        vec!["after", "small"]
+    );
+}
