@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -121,6 +122,9 @@ pub struct Journal {
     durable: bool,
     records: usize,
     claims: BTreeMap<String, ClaimRecord>,
+    /// Inode and length of the file as we last left it, to notice another instance's writes.
+    ino: u64,
+    offset: u64,
 }
 
 fn frame(entry: &Entry) -> Vec<u8> {
@@ -221,6 +225,8 @@ impl Journal {
             durable,
             records: if header_ok { records } else { 0 },
             claims,
+            ino: 0,
+            offset: 0,
         };
         // Always start from a compact file stamped with this boot.
         journal.compact()?;
@@ -274,6 +280,7 @@ impl Journal {
                 f.sync_data().map_err(io("fdatasync"))?;
             }
         }
+        self.offset += bytes.len() as u64;
         self.records += 1;
         Ok(())
     }
@@ -338,6 +345,54 @@ impl Journal {
         }
         self.file = None;
         self.records = 1 + self.claims.len();
+        self.offset = buf.len() as u64;
+        self.ino = std::fs::metadata(&self.path).map(|m| m.ino()).unwrap_or(0);
+        Ok(())
+    }
+
+    /// Picks up records another instance of the driver appended (rolling update: both share
+    /// the file, and calls are serialized by a lock across processes). Call with that lock held.
+    pub fn refresh(&mut self) -> Result<(), CheckpointError> {
+        let io = |op: &'static str| {
+            let path = self.path.clone();
+            move |source| CheckpointError::Io { path, op, source }
+        };
+        let meta = match std::fs::metadata(&self.path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io("stat")(e)),
+        };
+        if meta.ino() == self.ino && meta.len() == self.offset {
+            return Ok(());
+        }
+        let mut data = Vec::new();
+        File::open(&self.path)
+            .and_then(|mut f| f.read_to_end(&mut data))
+            .map_err(io("reading"))?;
+        let start = if meta.ino() == self.ino && meta.len() > self.offset {
+            self.offset as usize
+        } else {
+            // Replaced (compacted) by the other instance: replay it all.
+            self.claims.clear();
+            self.records = 0;
+            0
+        };
+        let (entries, valid) = replay(data.get(start..).unwrap_or_default());
+        for entry in entries {
+            self.records += 1;
+            match entry {
+                Entry::Header { .. } => {}
+                Entry::Prepared(rec) => {
+                    self.claims.insert(rec.uid.clone(), rec);
+                }
+                Entry::Unprepared { uid } => {
+                    self.claims.remove(&uid);
+                }
+            }
+        }
+        self.ino = meta.ino();
+        self.offset = (start + valid) as u64;
+        self.file = None;
         Ok(())
     }
 }
@@ -411,6 +466,25 @@ mod tests {
         std::fs::write(&p, &data).unwrap();
         let j = Journal::open(&p, "d", "b", true).unwrap();
         assert!(j.claims().is_empty());
+    }
+
+    #[test]
+    fn refresh_sees_another_instance() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("d.journal");
+        let mut a = Journal::open(&p, "d", "b", true).unwrap();
+        a.record_prepared(rec("a")).unwrap();
+        let mut b = Journal::open(&p, "d", "b", true).unwrap();
+        a.refresh().unwrap();
+        b.record_prepared(rec("b")).unwrap();
+        a.refresh().unwrap();
+        assert_eq!(a.claims().len(), 2);
+        a.record_unprepared("b").unwrap();
+        b.refresh().unwrap();
+        assert_eq!(b.claims().keys().collect::<Vec<_>>(), vec!["a"]);
+        drop((a, b));
+        let j = Journal::open(&p, "d", "b", true).unwrap();
+        assert_eq!(j.claims().keys().collect::<Vec<_>>(), vec!["a"]);
     }
 
     #[test]

@@ -267,7 +267,12 @@ impl Driver {
             None
         };
         let cross = match &self.serialize_lock {
-            Some(l) => Some(l.acquire().await.map_err(|e| e.to_string())?),
+            Some(l) => {
+                let g = l.acquire().await.map_err(|e| e.to_string())?;
+                // Another instance may have prepared or unprepared claims meanwhile.
+                lock(&self.journal).refresh().map_err(|e| e.to_string())?;
+                Some(g)
+            }
             None => None,
         };
         Ok((local, cross))
@@ -334,6 +339,12 @@ impl Driver {
         let pools = self.pools.read().map(|p| p.clone()).unwrap_or_default();
         let mut work =
             extract(&rc, c, &self.name, &self.node_name, &pools).map_err(|e| e.to_string())?;
+        // The names the scheduler allocated, before slot names map to backend devices.
+        let allocated: Vec<(String, String)> = work
+            .devices
+            .iter()
+            .map(|d| (d.device.clone(), d.share_id.clone()))
+            .collect();
         self.map_slots(&mut work);
         let boot_id = lock(&self.journal).boot_id().to_owned();
         let req = PrepareRequest {
@@ -350,12 +361,12 @@ impl Driver {
         let mut cdi_devices = Vec::new();
         let mut records = Vec::new();
         for (i, pd) in resp.devices.iter().enumerate() {
-            let alloc = work.devices.get(i);
-            let published = alloc
-                .and_then(|a| a.requests.first().map(|_| a))
-                .map(|a| self.published_name(&a.device, &pd.device))
-                .unwrap_or_else(|| pd.device.clone());
-            let share = (!pd.share_id.is_empty()).then(|| pd.share_id.clone());
+            // Answer with what was allocated: slot names and share IDs as the scheduler set them.
+            let (published, share) = match allocated.get(i) {
+                Some((a, share)) if self.is_slot(a) => (a.clone(), share.clone()),
+                _ => (pd.device.clone(), pd.share_id.clone()),
+            };
+            let share = (!share.is_empty()).then_some(share);
             let mut ids = Vec::new();
             if let Some(edits) = &pd.edits
                 && *edits != Default::default()
@@ -469,17 +480,11 @@ impl Driver {
         }
     }
 
-    fn published_name(&self, allocated: &str, backend_device: &str) -> String {
-        let is_slot = self
-            .slots
+    fn is_slot(&self, allocated: &str) -> bool {
+        self.slots
             .read()
             .map(|s| s.contains_key(allocated))
-            .unwrap_or(false);
-        if is_slot {
-            allocated.to_owned()
-        } else {
-            backend_device.to_owned()
-        }
+            .unwrap_or(false)
     }
 
     /// NodeUnprepareResources for this driver. Unknown claims succeed.

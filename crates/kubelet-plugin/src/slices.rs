@@ -437,6 +437,8 @@ impl SlicePublisher {
                     None => {}
                 },
                 _ = retry.tick() => dirty = true,
+                // A failed round is retried soon, not only at the next event.
+                () = tokio::time::sleep(Duration::from_millis(250)), if dirty => {}
             }
             if dirty && let Some(inv) = &inventory {
                 match self.publish(inv, &mut st).await {
@@ -447,7 +449,6 @@ impl SlicePublisher {
                             .slice_publish_errors
                             .fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(driver = %driver_name, error = %e, "publishing ResourceSlices failed; will retry");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 }
             }
