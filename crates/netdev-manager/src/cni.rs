@@ -180,9 +180,12 @@ impl CniRuntime {
             .map_err(|e| perr(format!("starting {}: {e}", bin.display())))?;
         let run = async {
             if let Some(mut si) = child.stdin.take() {
-                si.write_all(input.as_bytes())
-                    .await
-                    .map_err(|e| perr(format!("writing stdin: {e}")))?;
+                // A plugin may exit without reading its config; its output still decides.
+                if let Err(e) = si.write_all(input.as_bytes()).await
+                    && e.kind() != std::io::ErrorKind::BrokenPipe
+                {
+                    return Err(perr(format!("writing stdin: {e}")));
+                }
             }
             let mut out = Vec::new();
             let mut err = Vec::new();

@@ -442,7 +442,9 @@ impl<N: Netlink, S: Store> Manager<N, S> {
                 }
             }
         }
-        self.save(&rec)?;
+        if !created.is_empty() {
+            self.save(&rec)?;
+        }
         let resp = response(&rec, &self.opts);
         claims.insert(uid, rec);
         Ok(resp)
@@ -726,6 +728,114 @@ impl<N: Netlink, S: Store> Manager<N, S> {
     }
 
     /// Creates a virtual link in the host namespace under its temporary name and marks it.
+    /// The kernel link kind for a virtual device (parent resolved in the host namespace).
+    async fn virtual_link_kind(
+        &self,
+        uid: &str,
+        i: usize,
+        d: &DeviceRecord,
+    ) -> Result<LinkKind, ManagerError> {
+        let nerr = |source| ManagerError::Netlink {
+            claim: uid.into(),
+            device: d.device.clone(),
+            source,
+        };
+        let peer = temp_name(uid, i, 'h');
+        let parent_index = match &d.parent {
+            Some(p) if matches!(d.kind, NetKind::Macvlan | NetKind::Ipvlan | NetKind::Ipoib) => {
+                Some(
+                    self.host
+                        .find_link(&LinkId::Name(p.clone()))
+                        .await
+                        .map_err(nerr)?
+                        .ok_or_else(|| ManagerError::Invalid {
+                            claim: uid.into(),
+                            field: format!("device {}: parent", d.device),
+                            reason: format!("host interface {p:?} does not exist"),
+                        })?
+                        .index,
+                )
+            }
+            _ => None,
+        };
+        Ok(match d.kind {
+            NetKind::Macvlan => LinkKind::Macvlan {
+                parent: parent_index.unwrap_or(0),
+                mode: d.cfg.macvlan_mode.unwrap_or(MacvlanMode::Bridge),
+            },
+            NetKind::Ipvlan => LinkKind::Ipvlan {
+                parent: parent_index.unwrap_or(0),
+                mode: d.cfg.ipvlan_mode.unwrap_or(IpvlanMode::L2),
+            },
+            NetKind::Veth => LinkKind::Veth { peer: peer.clone() },
+            NetKind::Ipoib => LinkKind::IpoibChild {
+                parent: parent_index.unwrap_or(0),
+                pkey: d.cfg.pkey.unwrap_or(0xffff),
+            },
+            _ => LinkKind::Dummy,
+        })
+    }
+
+    /// Creates a non-veth virtual link directly in the pod under its final name (one request),
+    /// then marks it. Returns its ifindex in the pod.
+    async fn create_in_pod(
+        &self,
+        uid: &str,
+        i: usize,
+        d: &DeviceRecord,
+        pod: &N,
+        target: &N::Target,
+    ) -> Result<u32, ManagerError> {
+        let nerr = |source| ManagerError::Netlink {
+            claim: uid.into(),
+            device: d.device.clone(),
+            source,
+        };
+        let kind = self.virtual_link_kind(uid, i, d).await?;
+        self.host
+            .create_link_in(
+                &NewLink {
+                    name: d.ifname.clone(),
+                    kind,
+                    mtu: d.cfg.mtu,
+                    mac: d.cfg.mac,
+                },
+                target,
+            )
+            .await
+            .map_err(nerr)?;
+        let l = pod
+            .find_link(&LinkId::Name(d.ifname.clone()))
+            .await
+            .map_err(nerr)?
+            .ok_or_else(|| {
+                nerr(NetlinkError::NoSuchLink {
+                    op: "find created link".into(),
+                    link: d.ifname.clone(),
+                })
+            })?;
+        if let Err(e) = pod
+            .set_link(
+                l.index,
+                &LinkChange {
+                    alias: Some(format!("{ALIAS_PREFIX}{uid}")),
+                    ..Default::default()
+                },
+            )
+            .await
+        {
+            let _ = pod.delete_link(l.index).await;
+            return Err(nerr(e));
+        }
+        if self.opts.crash_after_create {
+            return Err(ManagerError::Crash {
+                claim: uid.into(),
+                link: d.ifname.clone(),
+            });
+        }
+        Ok(l.index)
+    }
+
     async fn create_virtual(
         &self,
         uid: &str,
@@ -748,39 +858,7 @@ impl<N: Netlink, S: Store> Manager<N, S> {
                 self.host.delete_link(l.index).await.map_err(nerr)?;
             }
         }
-        let parent_index = match &d.parent {
-            Some(p) if matches!(d.kind, NetKind::Macvlan | NetKind::Ipvlan | NetKind::Ipoib) => {
-                Some(
-                    self.host
-                        .find_link(&LinkId::Name(p.clone()))
-                        .await
-                        .map_err(nerr)?
-                        .ok_or_else(|| ManagerError::Invalid {
-                            claim: uid.into(),
-                            field: format!("device {}: parent", d.device),
-                            reason: format!("host interface {p:?} does not exist"),
-                        })?
-                        .index,
-                )
-            }
-            _ => None,
-        };
-        let kind = match d.kind {
-            NetKind::Macvlan => LinkKind::Macvlan {
-                parent: parent_index.unwrap_or(0),
-                mode: d.cfg.macvlan_mode.unwrap_or(MacvlanMode::Bridge),
-            },
-            NetKind::Ipvlan => LinkKind::Ipvlan {
-                parent: parent_index.unwrap_or(0),
-                mode: d.cfg.ipvlan_mode.unwrap_or(IpvlanMode::L2),
-            },
-            NetKind::Veth => LinkKind::Veth { peer: peer.clone() },
-            NetKind::Ipoib => LinkKind::IpoibChild {
-                parent: parent_index.unwrap_or(0),
-                pkey: d.cfg.pkey.unwrap_or(0xffff),
-            },
-            _ => LinkKind::Dummy,
-        };
+        let kind = self.virtual_link_kind(uid, i, d).await?;
         let idx = self
             .host
             .create_link(&NewLink {
@@ -923,27 +1001,38 @@ impl<N: Netlink, S: Store> Manager<N, S> {
         }
         let pod = self.host.enter(&att.netns).await.map_err(nerr)?;
         let target = self.host.open_target(&att.netns).map_err(nerr)?;
-        if pod
+        if let Some(l) = pod
             .find_link(&LinkId::Name(d.ifname.clone()))
             .await
             .map_err(nerr)?
-            .is_some()
         {
-            return Err(ManagerError::Invalid {
-                claim: uid.into(),
-                field: format!("device {}: interfaceName", d.device),
-                reason: format!("{:?} already exists in the pod network namespace", d.ifname),
-            });
+            // Left by an earlier attempt for this very claim that died half-way: replace it.
+            let ours = l.kind.is_some()
+                && l.alias.as_deref() == Some(format!("{ALIAS_PREFIX}{uid}").as_str());
+            if !(ours && d.kind.is_virtual()) {
+                return Err(ManagerError::Invalid {
+                    claim: uid.into(),
+                    field: format!("device {}: interfaceName", d.device),
+                    reason: format!("{:?} already exists in the pod network namespace", d.ifname),
+                });
+            }
+            pod.delete_link(l.index).await.map_err(nerr)?;
         }
         if d.kind.is_virtual() {
-            let idx = self.create_virtual(uid, i, d).await?;
-            if let Err(e) = self.host.move_link(idx, &target, &d.ifname).await {
-                // The kernel may have moved it before the rename failed: look on both sides.
-                let _ = self.host.delete_link(idx).await;
-                if let Ok(Some(l)) = pod.find_link(&LinkId::Name(d.host_name.clone())).await {
-                    let _ = pod.delete_link(l.index).await;
+            if d.kind == NetKind::Veth {
+                // The host end stays behind: create both here, then move the pod end (one
+                // request that also renames it).
+                let idx = self.create_virtual(uid, i, d).await?;
+                if let Err(e) = self.host.move_link(idx, &target, &d.ifname).await {
+                    // The kernel may have moved it before the rename failed: look on both sides.
+                    let _ = self.host.delete_link(idx).await;
+                    if let Ok(Some(l)) = pod.find_link(&LinkId::Name(d.host_name.clone())).await {
+                        let _ = pod.delete_link(l.index).await;
+                    }
+                    return Err(nerr(e));
                 }
-                return Err(nerr(e));
+            } else {
+                self.create_in_pod(uid, i, d, &pod, &target).await?;
             }
             let res = async {
                 let l = pod

@@ -274,10 +274,11 @@ async fn crash_between_create_and_move_then_restart_removes_the_orphan() {
     let mut o = ManagerOptions::new("n");
     o.crash_after_create = true;
     let m = Manager::new(host.clone(), store.clone(), o, inventory(&h)).unwrap();
+    // veth: created on the host, then moved; "killed" in between.
     m.prepare(&req(
         "kc1",
         "netdev-virtual",
-        r#"{"netdev":{"kind":"macvlan","parent":"up0","interfaceName":"net1"}}"#,
+        r#"{"netdev":{"kind":"veth","interfaceName":"net1"}}"#,
         "pod-c",
     ))
     .await
@@ -286,17 +287,39 @@ async fn crash_between_create_and_move_then_restart_removes_the_orphan() {
         m.attach_pod(&attach("pod-c", &p)).await,
         Err(ManagerError::Crash { .. })
     ));
+    // macvlan: created directly in the pod, "killed" before it was configured.
+    let cfg = r#"{"netdev":{"kind":"macvlan","parent":"up0","interfaceName":"net2","addresses":["10.9.9.2/24"]}}"#;
+    m.prepare(&req("kc2", "netdev-virtual", cfg, "pod-d"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        m.attach_pod(&attach("pod-d", &p)).await,
+        Err(ManagerError::Crash { .. })
+    ));
     drop(m);
-    assert_eq!(h.link_names().len(), HOST.len() + 1, "the orphan exists");
-    assert_eq!(store.load().unwrap().len(), 1);
+    assert_eq!(
+        h.link_names().len(),
+        HOST.len() + 2,
+        "the orphan veth pair exists"
+    );
+    assert_eq!(
+        p.link_names(),
+        vec!["lo", "net2"],
+        "the half-configured macvlan exists"
+    );
+    assert_eq!(store.load().unwrap().len(), 2);
 
     let m = Manager::new(host, store, ManagerOptions::new("n"), inventory(&h)).unwrap();
     let rep = m.reconcile().await.unwrap();
-    assert_eq!(rep.removed.len(), 1, "{rep:?}");
+    assert!(!rep.removed.is_empty() && rep.errors.is_empty(), "{rep:?}");
     assert_eq!(h.link_names(), HOST);
     m.attach_pod(&attach("pod-c", &p)).await.unwrap();
-    assert_eq!(p.link_names(), vec!["lo", "net1"]);
+    // The marked leftover in the pod is adopted by replacing it.
+    m.attach_pod(&attach("pod-d", &p)).await.unwrap();
+    assert_eq!(p.link_names(), vec!["lo", "net1", "net2"]);
+    assert!(p.ip(&["addr", "show", "net2"]).contains("10.9.9.2/24"));
     m.unprepare("kc1").await.unwrap();
+    m.unprepare("kc2").await.unwrap();
     assert_eq!(p.link_names(), vec!["lo"]);
     assert_eq!(h.link_names(), HOST);
 }

@@ -252,6 +252,29 @@ impl super::Netlink for FakeNetlink {
         Ok(self.ns.clone())
     }
 
+    async fn create_link_in(&self, req: &NewLink, target: &String) -> Result<(), NetlinkError> {
+        // Parent looked up here, link born in the target: like the kernel's IFLA_NET_NS_FD.
+        let op = format!("create {} link {:?}", req.kind.kernel_kind(), req.name);
+        {
+            let mut w = lock(&self.world);
+            if name_taken(ns_mut(&mut w, target)?, &req.name) {
+                return Err(kerr(op, EEXIST, "File exists"));
+            }
+        }
+        let tmp = format!("dkfake{}", lock(&self.world).next_index);
+        let mut r = req.clone();
+        r.name = tmp.chars().take(15).collect();
+        let idx = self.create_link(&r).await?;
+        let mut w = lock(&self.world);
+        let src = ns_mut(&mut w, &self.ns)?;
+        let mut l = src
+            .remove(&idx)
+            .ok_or_else(|| kerr(op.clone(), ENODEV, "No such device"))?;
+        l.info.name = req.name.clone();
+        ns_mut(&mut w, target)?.insert(idx, l);
+        Ok(())
+    }
+
     async fn create_link(&self, req: &NewLink) -> Result<u32, NetlinkError> {
         let op = format!("create {} link {:?}", req.kind.kernel_kind(), req.name);
         let mut w = lock(&self.world);

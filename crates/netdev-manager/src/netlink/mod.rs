@@ -207,6 +207,14 @@ pub trait Netlink: Send + Sync + Sized + 'static {
     /// Creates a link; returns its ifindex.
     fn create_link(&self, req: &NewLink) -> impl Future<Output = Result<u32, NetlinkError>> + Send;
 
+    /// Creates a link directly inside `target` (parent looked up here), in one request: no
+    /// namespace move, so no RCU grace period on the way in.
+    fn create_link_in(
+        &self,
+        req: &NewLink,
+        target: &Self::Target,
+    ) -> impl Future<Output = Result<(), NetlinkError>> + Send;
+
     /// Moves a link into `target`, renaming it there, in one request.
     fn move_link(
         &self,

@@ -201,6 +201,24 @@ fn kind_name(k: &InfoKind) -> String {
     }
 }
 
+fn new_link_message(req: &NewLink) -> LinkMessage {
+    match &req.kind {
+        LinkKind::Macvlan { parent, mode } => with_common(
+            LinkMacVlan::new(&req.name, *parent, macvlan_mode(*mode)),
+            req,
+        ),
+        LinkKind::Ipvlan { parent, mode } => {
+            with_common(LinkIpVlan::new(&req.name, *parent, ipvlan_mode(*mode)), req)
+        }
+        LinkKind::Veth { peer } => with_common(LinkVeth::new(&req.name, peer), req),
+        LinkKind::Dummy => with_common(LinkDummy::new(&req.name), req),
+        LinkKind::Bridge => with_common(LinkBridge::new(&req.name), req),
+        LinkKind::IpoibChild { parent, pkey } => {
+            with_common(LinkIpoib::new(&req.name).pkey(*pkey).link(*parent), req)
+        }
+    }
+}
+
 impl super::Netlink for RtNetlink {
     type Target = NsFd;
 
@@ -218,21 +236,7 @@ impl super::Netlink for RtNetlink {
 
     async fn create_link(&self, req: &NewLink) -> Result<u32, NetlinkError> {
         let op = format!("create {} link {:?}", req.kind.kernel_kind(), req.name);
-        let msg = match &req.kind {
-            LinkKind::Macvlan { parent, mode } => with_common(
-                LinkMacVlan::new(&req.name, *parent, macvlan_mode(*mode)),
-                req,
-            ),
-            LinkKind::Ipvlan { parent, mode } => {
-                with_common(LinkIpVlan::new(&req.name, *parent, ipvlan_mode(*mode)), req)
-            }
-            LinkKind::Veth { peer } => with_common(LinkVeth::new(&req.name, peer), req),
-            LinkKind::Dummy => with_common(LinkDummy::new(&req.name), req),
-            LinkKind::Bridge => with_common(LinkBridge::new(&req.name), req),
-            LinkKind::IpoibChild { parent, pkey } => {
-                with_common(LinkIpoib::new(&req.name).pkey(*pkey).link(*parent), req)
-            }
-        };
+        let msg = new_link_message(req);
         self.handle
             .link()
             .add(msg)
@@ -254,6 +258,42 @@ impl super::Netlink for RtNetlink {
                 op,
                 link: req.name.clone(),
             })
+    }
+
+    async fn find_link(&self, id: &super::LinkId) -> Result<Option<LinkInfo>, NetlinkError> {
+        // Kernel-side lookups for name and index instead of a full dump.
+        let req = match id {
+            super::LinkId::Name(n) => self.handle.link().get().match_name(n.clone()),
+            super::LinkId::Index(i) => self.handle.link().get().match_index(*i),
+            super::LinkId::Mac(m) => {
+                let links = self.links().await?;
+                return Ok(links.into_iter().find(|l| l.mac.as_ref() == Some(m)));
+            }
+        };
+        match req.execute().try_next().await {
+            Ok(m) => Ok(m.as_ref().map(to_info)),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == super::ENODEV => {
+                Ok(None)
+            }
+            Err(e) => Err(kernel(format!("find link {id}"), e)),
+        }
+    }
+
+    async fn create_link_in(&self, req: &NewLink, target: &NsFd) -> Result<(), NetlinkError> {
+        let op = format!(
+            "create {} link {:?} in another namespace",
+            req.kind.kernel_kind(),
+            req.name
+        );
+        let mut msg = new_link_message(req);
+        msg.attributes
+            .push(LinkAttribute::NetNsFd(target.0.as_raw_fd()));
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(|e| kernel(&op, e))
     }
 
     async fn move_link(
