@@ -1,10 +1,10 @@
 //! Claim configuration as this manager needs it, decoded from `AllocatedDevice.config_json`.
 //!
-//! Stopgap: `drakit_types::config` (the strict, shared API with `NetdevConfig`, `RdmaConfig`,
-//! `RoceConfig`, `CniConfig`) is being written in parallel; until it lands this module decodes
-//! the minimum locally, tolerating both a nested `netdev:` object (the seed examples' shape) and
-//! the fields at the top level. Strict unknown-field checks are the kubelet plugin's job (it
-//! validates through drakit-types before calling Prepare).
+//! A config carrying `apiVersion` (what the kubelet plugin passes: drakit-types JSON) is decoded
+//! and validated strictly by `drakit_types::config::ClaimConfig::from_json`, then its canonical
+//! form is read into [`DeviceConfig`]. Without `apiVersion` a lenient local reader takes the
+//! seed examples' shape (`type: netdev` + nested `netdev:`) or flat fields; it predates
+//! drakit-types and remains for those inputs and this crate's tests.
 
 use serde_json::{Map, Value};
 
@@ -23,6 +23,8 @@ pub enum ConfigError {
     TooLarge,
     #[error("field {field}: {reason}")]
     Field { field: String, reason: String },
+    #[error("{0}")]
+    Types(String),
 }
 
 fn ferr(field: &str, reason: impl Into<String>) -> ConfigError {
@@ -152,7 +154,14 @@ pub fn decode(json: &str) -> Result<DeviceConfig, ConfigError> {
     if json.len() > MAX_CONFIG_BYTES {
         return Err(ConfigError::TooLarge);
     }
-    let v: Value = serde_json::from_str(json).map_err(|e| ConfigError::Json(e.to_string()))?;
+    let mut v: Value = serde_json::from_str(json).map_err(|e| ConfigError::Json(e.to_string()))?;
+    if v.get("apiVersion").is_some() {
+        let cc = drakit_types::config::ClaimConfig::from_json(json.as_bytes())
+            .map_err(|e| ConfigError::Types(e.to_string()))?;
+        v = cc
+            .to_value()
+            .map_err(|e| ConfigError::Json(e.to_string()))?;
+    }
     let Value::Object(top) = &v else {
         return Err(ConfigError::Json("top level must be an object".into()));
     };
@@ -334,7 +343,7 @@ pub fn decode(json: &str) -> Result<DeviceConfig, ConfigError> {
                 .ok_or_else(|| ferr(&f, "must be 0..4094"))?,
         );
     }
-    for (k, slot) in [("trust", 0), ("spoofchk", 1)] {
+    for (k, slot) in [("trust", 0), ("spoofchk", 1), ("spoofChk", 1)] {
         if let Some((v, f)) = get(&objs, &[k]) {
             let b = v
                 .as_bool()
@@ -390,7 +399,7 @@ mod tests {
         assert_eq!(c.kind, Some(NetKind::Dummy));
         assert_eq!(c.interface_name.as_deref(), Some("net1"));
         let c = decode(
-            r#"{"apiVersion":"drakit.dev/v1alpha1","kind":"NetdevConfig","linkKind":"macvlan","mode":"bridge",
+            r#"{"kind":"NetdevConfig","linkKind":"macvlan","mode":"bridge",
                 "parent":"eth0","interfaceName":"data0","mtu":1400,"mac":"02:00:00:00:00:01",
                 "addresses":["10.1.0.5/24"],"routes":[{"destination":"10.2.0.0/16","gateway":"10.1.0.1"}]}"#,
         )
@@ -404,6 +413,36 @@ mod tests {
         let c = decode(r#"{"kind":"RdmaConfig"}"#).unwrap();
         assert_eq!(c.kind, Some(NetKind::Rdma));
         assert_eq!(decode("").unwrap(), DeviceConfig::default());
+    }
+
+    #[test]
+    fn drakit_types_json_is_decoded_strictly() {
+        let c = decode(
+            r#"{"apiVersion":"drakit.dev/v1alpha1","kind":"NetdevConfig","netdev":{"kind":"sriov-vf",
+                "interfaceName":"vf0","vlan":100,"trust":true,"spoofChk":false,"addresses":["10.0.0.2/24"],
+                "routes":[{"dst":"10.1.0.0/16","gateway":"10.0.0.1"}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.kind, Some(NetKind::SriovVf));
+        assert_eq!(
+            (c.vf.vlan, c.vf.trust, c.vf.spoofchk),
+            (Some(100), Some(true), Some(false))
+        );
+        assert_eq!(c.routes[0].dst.to_string(), "10.1.0.0/16");
+        let c = decode(
+            r#"{"apiVersion":"drakit.dev/v1alpha1","kind":"CniConfig","interfaceName":"net3",
+                "config":{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"bridge"}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.kind, Some(NetKind::Cni));
+        assert!(c.cni_conflist.unwrap().contains("bridge"));
+        // Unknown fields are refused by drakit-types, with the path.
+        let e = decode(r#"{"apiVersion":"drakit.dev/v1alpha1","kind":"NetdevConfig","netdev":{"kind":"veth","bogus":1}}"#)
+            .unwrap_err();
+        assert!(
+            matches!(e, ConfigError::Types(ref m) if m.contains("bogus")),
+            "{e}"
+        );
     }
 
     #[test]
