@@ -1,1 +1,336 @@
-fn main() {}
+//! Benchmark (not a test): NodePrepareResources / NodeUnprepareResources latency through the
+//! real DRA socket for runtime-spec claims, with the API server stand-in on loopback; plus the
+//! pieces a prepare is made of, idle RSS, binary size and launch-to-registered time of the
+//! release binary.
+//!
+//! `cargo build --release -p drakit-kubelet-plugin && cargo run --release -p drakit-kubelet-plugin --example bench`
+//! Options (env): BENCH_CLAIMS (default 1000).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use drakit_e2e::apiserver::{ApiServerSim, ClaimBuilder, node};
+use drakit_kubelet_plugin::cdi::CdiWriter;
+use drakit_kubelet_plugin::checkpoint::{ClaimRecord, DeviceRecord, Journal};
+use drakit_kubelet_plugin::config::{BackendKind, Config, DriverSpec};
+use drakit_kubelet_plugin::plugin::{Plugin, kube_client};
+use drakit_proto::dra::v1;
+use drakit_proto::pluginregistration::InfoRequest;
+use drakit_proto::pluginregistration::registration_client::RegistrationClient;
+
+const DRIVER: &str = "runtime.drakit.dev";
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v.get(i).copied().unwrap_or_default()
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3}", d.as_secs_f64() * 1e3)
+}
+
+fn report(label: &str, v: &mut [Duration]) {
+    let (a, b, c) = (pct(v, 0.5), pct(v, 0.9), pct(v, 0.99));
+    println!(
+        "| {label} | {} | {} | {} | {} |",
+        v.len(),
+        ms(a),
+        ms(b),
+        ms(c)
+    );
+}
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    api: ApiServerSim,
+    config: Config,
+}
+
+async fn setup(state_parent: &Path, cdi_parent: &Path, claims: usize, prefix: &str) -> Setup {
+    let tmp = tempfile::tempdir_in(state_parent).expect("tempdir");
+    let root = tmp.path();
+    let api = ApiServerSim::start().await.expect("api");
+    api.insert_node(&node("node-1")).expect("node");
+    let kc = root.join("kubeconfig");
+    api.write_kubeconfig(&kc).expect("kubeconfig");
+    let spec = serde_json::json!({"apiVersion":"drakit.dev/v1alpha1","kind":"RuntimeSpecEditConfig",
+        "spec":{"linux":{"resources":{"unified":{"io.max":"259:0 rbps=2097152 wiops=120"}}}}});
+    for i in 0..claims {
+        api.insert_claim(
+            &ClaimBuilder::new("bench", &format!("{prefix}{i}"))
+                .uid(&format!("{prefix}-uid-{i:05}"))
+                .device(DRIVER, "node-1", "spec-edit-0", "edit")
+                .config_from_claim(DRIVER, &["edit"], spec.clone())
+                .reserved_for_pod("p", "pod-uid")
+                .build(),
+        )
+        .expect("claim");
+    }
+    let mut config = Config::under_root(root, "node-1");
+    config.kubeconfig = Some(kc);
+    config.cdi_dir = tempfile::tempdir_in(cdi_parent).expect("cdi").keep();
+    std::fs::create_dir_all(&config.cgroupfs_root).expect("cgroupfs");
+    std::fs::write(config.cgroupfs_root.join("cgroup.controllers"), "io\n").expect("controllers");
+    config.drivers = vec![DriverSpec {
+        name: DRIVER.into(),
+        backend: BackendKind::Runtime,
+    }];
+    Setup {
+        _tmp: tmp,
+        api,
+        config,
+    }
+}
+
+async fn run_prepare(s: &Setup, files: bool, claims: usize, prefix: &str) {
+    let mut config = s.config.clone();
+    config.durable_checkpoint = files;
+    config.write_cdi = files;
+    config.publish_slices = false;
+    let client = kube_client(config.kubeconfig.as_deref())
+        .await
+        .expect("client");
+    let dra_sock = config.plugins_dir.join(DRIVER).join("dra.sock");
+    let plugin = Plugin::start(config.clone(), client).await.expect("plugin");
+    let mut c = v1::dra_plugin_client::DraPluginClient::new(
+        drakit_kubelet_plugin::sockets::unix_channel(&dra_sock),
+    );
+    let claim = |i: usize| v1::Claim {
+        namespace: "bench".into(),
+        uid: format!("{prefix}-uid-{i:05}"),
+        name: format!("{prefix}{i}"),
+    };
+    // Warm-up: connection, kube client pool.
+    let _ = c
+        .node_unprepare_resources(v1::NodeUnprepareResourcesRequest {
+            claims: vec![claim(0)],
+        })
+        .await;
+    let mut prep = Vec::new();
+    for i in 0..claims {
+        let t = Instant::now();
+        let r = c
+            .node_prepare_resources(v1::NodePrepareResourcesRequest {
+                claims: vec![claim(i)],
+            })
+            .await
+            .expect("prepare")
+            .into_inner();
+        prep.push(t.elapsed());
+        let e = &r.claims[&claim(i).uid].error;
+        assert!(e.is_empty(), "{e}");
+    }
+    let mut unprep = Vec::new();
+    for i in 0..claims {
+        let t = Instant::now();
+        c.node_unprepare_resources(v1::NodeUnprepareResourcesRequest {
+            claims: vec![claim(i)],
+        })
+        .await
+        .expect("unprepare");
+        unprep.push(t.elapsed());
+    }
+    let mut batch = Vec::new();
+    for chunk in (0..claims).collect::<Vec<_>>().chunks(10) {
+        let t = Instant::now();
+        let r = c
+            .node_prepare_resources(v1::NodePrepareResourcesRequest {
+                claims: chunk.iter().map(|i| claim(*i)).collect(),
+            })
+            .await
+            .expect("prepare batch")
+            .into_inner();
+        batch.push(t.elapsed());
+        assert!(r.claims.values().all(|c| c.error.is_empty()));
+    }
+    let mode = if files { "files on" } else { "files off" };
+    report(&format!("prepare, 1 claim/call, {mode}"), &mut prep);
+    report(&format!("unprepare, 1 claim/call, {mode}"), &mut unprep);
+    report(&format!("prepare, 10 claims/call, {mode}"), &mut batch);
+    plugin.shutdown().await;
+}
+
+async fn pieces(s: &Setup, state_parent: &Path, cdi_parent: &Path) {
+    // API GET of a claim through kube.
+    let client = kube_client(s.config.kubeconfig.as_deref())
+        .await
+        .expect("client");
+    let api: kube::Api<k8s_openapi::api::resource::v1::ResourceClaim> =
+        kube::Api::namespaced(client, "bench");
+    let mut get = Vec::new();
+    for i in 0..300 {
+        let t = Instant::now();
+        api.get(&format!("a{i}")).await.expect("get");
+        get.push(t.elapsed());
+    }
+    report("piece: kube GET ResourceClaim", &mut get);
+    // Journal append + fdatasync.
+    let tmp = tempfile::tempdir_in(state_parent).expect("tmp");
+    let mut j = Journal::open(&tmp.path().join("j"), DRIVER, "boot", true).expect("journal");
+    let mut app = Vec::new();
+    for i in 0..300 {
+        let rec = ClaimRecord {
+            namespace: "bench".into(),
+            name: format!("c{i}"),
+            uid: format!("uid-{i}"),
+            devices: vec![DeviceRecord {
+                requests: vec!["edit".into()],
+                pool: "node-1".into(),
+                device: "spec-edit-0".into(),
+                share_id: None,
+                cdi_device_ids: vec![format!("{DRIVER}/claim=uid-{i}-spec-edit-0")],
+            }],
+            cdi_spec: "{\"cdiVersion\":\"0.5.0\"}".repeat(8),
+            boot_id: "boot".into(),
+            allocated: Vec::new(),
+            reserved_for_pods: vec!["pod-uid".into()],
+        };
+        let t = Instant::now();
+        j.record_prepared(rec).expect("append");
+        app.push(t.elapsed());
+    }
+    report("piece: checkpoint append + fdatasync (ext4)", &mut app);
+    for (label, dir) in [("ext4", state_parent), ("tmpfs", cdi_parent)] {
+        let tmp = tempfile::tempdir_in(dir).expect("tmp");
+        let w = CdiWriter::new(tmp.path(), DRIVER);
+        let bytes = vec![b'x'; 600];
+        let mut wr = Vec::new();
+        for i in 0..300 {
+            let t = Instant::now();
+            w.write(&format!("uid-{i}"), &bytes).expect("write");
+            wr.push(t.elapsed());
+        }
+        report(
+            &format!("piece: CDI spec write (temp + rename, no fsync, {label})"),
+            &mut wr,
+        );
+    }
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+async fn binary(state_parent: &Path) {
+    let exe = std::env::current_exe().ok().and_then(|p| {
+        // target/release/examples/bench → target/release/drakit-kubelet-plugin
+        Some(p.parent()?.parent()?.join("drakit-kubelet-plugin"))
+    });
+    let Some(exe) = exe.filter(|p| p.exists()) else {
+        println!("binary: not built (cargo build --release -p drakit-kubelet-plugin); skipped");
+        return;
+    };
+    let size = std::fs::metadata(&exe).map(|m| m.len()).unwrap_or(0);
+    println!("binary: {} ({:.1} MB)", exe.display(), size as f64 / 1e6);
+    let s = setup(state_parent, Path::new("/dev/shm"), 1, "l").await;
+    let c = &s.config;
+    let reg = c.registry_dir.join(format!("{DRIVER}-reg.sock"));
+    let mut launches = Vec::new();
+    let mut rss = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let mut child = std::process::Command::new(&exe)
+            .args([
+                "--node-name",
+                "node-1",
+                "--net-driver",
+                "false",
+                "--cpu-driver",
+                "false",
+            ])
+            .arg("--kubeconfig")
+            .arg(c.kubeconfig.as_ref().expect("kc"))
+            .arg("--registry-dir")
+            .arg(&c.registry_dir)
+            .arg("--plugins-dir")
+            .arg(&c.plugins_dir)
+            .arg("--cdi-dir")
+            .arg(&c.cdi_dir)
+            .arg("--state-dir")
+            .arg(&c.state_dir)
+            .arg("--cgroupfs-root")
+            .arg(&c.cgroupfs_root)
+            .arg("--proc-root")
+            .arg(&c.proc_root)
+            .env("RUST_LOG", "error")
+            .spawn()
+            .expect("spawn");
+        // Registered = the registration socket answers GetInfo.
+        loop {
+            if reg.exists()
+                && let Ok(ch) = tonic::transport::Endpoint::from_static("http://[::]:1")
+                    .connect_with_connector({
+                        let reg = reg.clone();
+                        tower::service_fn(move |_| {
+                            let reg = reg.clone();
+                            async move {
+                                tokio::net::UnixStream::connect(reg)
+                                    .await
+                                    .map(hyper_util::rt::TokioIo::new)
+                            }
+                        })
+                    })
+                    .await
+                && RegistrationClient::new(ch)
+                    .get_info(InfoRequest {})
+                    .await
+                    .is_ok()
+            {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(10) {
+                println!("launch: not registered within 10 s");
+                break;
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        launches.push(t.elapsed());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        if let Some(r) = rss_kib(child.id()) {
+            rss.push(r);
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = child.wait();
+        let _ = std::fs::remove_file(&reg);
+    }
+    report("launch to registered (GetInfo answered)", &mut launches);
+    rss.sort();
+    println!("idle RSS after registration (KiB, 5 launches): {rss:?}");
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let claims: usize = std::env::var("BENCH_CLAIMS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
+    let disk = PathBuf::from("/var/tmp");
+    let shm = PathBuf::from("/dev/shm");
+    println!("| what | n | p50 ms | p90 ms | p99 ms |\n|---|---|---|---|---|");
+    for (files, prefix, cdi) in [(true, "a", &shm), (false, "b", &shm), (true, "c", &disk)] {
+        let s = setup(&disk, cdi, claims, prefix).await;
+        if files {
+            println!(
+                "| (checkpoint on ext4, CDI dir on {}) | | | | |",
+                if cdi == &shm { "tmpfs" } else { "ext4" }
+            );
+        }
+        run_prepare(&s, files, claims, prefix).await;
+        if prefix == "a" {
+            pieces(&s, &disk, &shm).await;
+        }
+        let _ = std::fs::remove_dir_all(&s.config.cdi_dir);
+        drop(s.api);
+    }
+    binary(&disk).await;
+}

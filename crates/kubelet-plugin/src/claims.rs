@@ -50,7 +50,7 @@ pub trait ClaimSource: Send + Sync + 'static {
 /// The API server through kube-rs.
 #[derive(Clone)]
 pub struct KubeClaims {
-    client: kube::Client,
+    client: crate::lazy::LazyClient,
 }
 
 impl std::fmt::Debug for KubeClaims {
@@ -60,7 +60,7 @@ impl std::fmt::Debug for KubeClaims {
 }
 
 impl KubeClaims {
-    pub fn new(client: kube::Client) -> Self {
+    pub fn new(client: crate::lazy::LazyClient) -> Self {
         Self { client }
     }
 }
@@ -90,8 +90,10 @@ impl ClaimSource for KubeClaims {
         name: &'a str,
     ) -> BoxFuture<'a, Result<ResourceClaim, FetchError>> {
         Box::pin(async move {
-            let api: kube::Api<ResourceClaim> =
-                kube::Api::namespaced(self.client.clone(), namespace);
+            let client = self.client.get().await.ok_or_else(|| {
+                FetchError::Permanent("no kube client (building it failed)".into())
+            })?;
+            let api: kube::Api<ResourceClaim> = kube::Api::namespaced(client, namespace);
             api.get(name).await.map_err(classify)
         })
     }

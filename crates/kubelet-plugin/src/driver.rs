@@ -58,7 +58,7 @@ impl std::fmt::Debug for DriverParams {
 /// Where claim status goes (the API server, through kube).
 #[derive(Clone)]
 pub struct StatusSink {
-    pub client: kube::Client,
+    pub client: crate::lazy::LazyClient,
     pub field_manager: String,
 }
 
@@ -423,10 +423,13 @@ impl Driver {
                 let sink = sink.clone();
                 let claim = c.clone();
                 tokio::spawn(async move {
+                    let Some(client) = sink.client.get().await else {
+                        return;
+                    };
                     let mut delay = Duration::from_millis(100);
                     for _ in 0..5 {
                         match crate::status::apply_status(
-                            &sink.client,
+                            &client,
                             &sink.field_manager,
                             &claim,
                             patch.clone(),

@@ -13,6 +13,7 @@
 //! | [`cdi`], [`checkpoint`] | per-claim CDI specs, the fsync'd append-only journal |
 //! | [`slices`], [`status`] | ResourceSlice publishing, claim status, by server-side apply |
 //! | [`metrics`] | Prometheus text, `/healthz`, `/readyz` |
+//! | [`lazy`] | a kube client that registration does not wait for |
 //! | [`sockets`] | socket names (rolling update), binding, serialize lock, unix connector |
 
 pub mod backend;
@@ -22,6 +23,7 @@ pub mod claims;
 pub mod config;
 pub mod driver;
 pub mod grpc;
+pub mod lazy;
 pub mod metrics;
 pub mod plugin;
 pub mod runtime;

@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::Parser;
 use drakit_kubelet_plugin::config::Args;
+use drakit_kubelet_plugin::lazy::LazyClient;
 use drakit_kubelet_plugin::plugin::{Plugin, kube_client};
 
 async fn shutdown_signal() {
@@ -40,11 +41,35 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     rt.block_on(async move {
-        let client = kube_client(config.kubeconfig.as_deref()).await?;
-        let plugin = Plugin::start(config, client).await?;
-        // One line a supervisor (or the launch benchmark) can wait for.
+        // The client (TLS roots: tens of ms) is built while the drivers register.
+        let (client, setter) = LazyClient::pending();
+        let kubeconfig = config.kubeconfig.clone();
+        let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();
+        tokio::spawn(async move {
+            match kube_client(kubeconfig.as_deref()).await {
+                Ok(c) => setter.set(c),
+                Err(e) => {
+                    let _ = failed_tx.send(e.to_string());
+                }
+            }
+        });
+        let plugin = Plugin::start_lazy(config, client).await?;
         tracing::info!("serving");
-        plugin.run(shutdown_signal()).await?;
+        let failed = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+        let failed2 = failed.clone();
+        let stop = async move {
+            tokio::select! {
+                () = shutdown_signal() => {}
+                Ok(e) = failed_rx => {
+                    tracing::error!(error = %e, "building the kube client failed; shutting down");
+                    *failed2.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                }
+            }
+        };
+        plugin.run(stop).await?;
+        if let Some(e) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            anyhow::bail!("kube client: {e}");
+        }
         Ok::<_, anyhow::Error>(())
     })
 }

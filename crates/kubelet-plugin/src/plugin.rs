@@ -19,6 +19,7 @@ use crate::claims::{ClaimSource, KubeClaims};
 use crate::config::{BackendKind, Config};
 use crate::driver::{Driver, DriverParams, StatusSink};
 use crate::grpc::{DraService, HealthService, RegistrationOutcome, RegistrationService};
+use crate::lazy::LazyClient;
 use crate::metrics::Metrics;
 use crate::runtime::{RuntimeBackend, detect_cgroup_mode};
 use crate::slices::SlicePublisher;
@@ -138,6 +139,11 @@ fn start_registration(
 impl Plugin {
     /// Starts every enabled driver. A kube client is needed for claims, slices and status.
     pub async fn start(config: Config, client: kube::Client) -> Result<Self, PluginError> {
+        Self::start_lazy(config, LazyClient::ready(client)).await
+    }
+
+    /// Starts with a client that may still be being built: registration does not wait for it.
+    pub async fn start_lazy(config: Config, client: LazyClient) -> Result<Self, PluginError> {
         let claims: Arc<dyn ClaimSource> = Arc::new(KubeClaims::new(client.clone()));
         Self::start_with(config, Some(client), claims).await
     }
@@ -146,7 +152,7 @@ impl Plugin {
     /// and status.
     pub async fn start_with(
         config: Config,
-        client: Option<kube::Client>,
+        client: Option<LazyClient>,
         claims: Arc<dyn ClaimSource>,
     ) -> Result<Self, PluginError> {
         if config.drivers.is_empty() {

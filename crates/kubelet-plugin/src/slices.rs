@@ -18,7 +18,7 @@ use k8s_openapi::api::resource::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 
 use crate::driver::Driver;
 
@@ -230,7 +230,7 @@ pub enum PublishError {
 /// Publishes one driver's inventory for as long as `shutdown` is pending.
 #[derive(Clone)]
 pub struct SlicePublisher {
-    pub client: kube::Client,
+    pub client: crate::lazy::LazyClient,
     pub driver: Arc<Driver>,
     pub field_manager: String,
     pub shared_slots: u32,
@@ -251,8 +251,8 @@ struct State {
 }
 
 impl SlicePublisher {
-    fn api(&self) -> kube::Api<ResourceSlice> {
-        kube::Api::all(self.client.clone())
+    fn api(&self, client: &kube::Client) -> kube::Api<ResourceSlice> {
+        kube::Api::all(client.clone())
     }
 
     fn selector(&self) -> String {
@@ -263,9 +263,9 @@ impl SlicePublisher {
         )
     }
 
-    async fn existing(&self) -> Result<Vec<ResourceSlice>, PublishError> {
+    async fn existing(&self, client: &kube::Client) -> Result<Vec<ResourceSlice>, PublishError> {
         let lp = ListParams::default().fields(&self.selector());
-        self.api()
+        self.api(client)
             .list(&lp)
             .await
             .map(|l| l.items)
@@ -275,9 +275,14 @@ impl SlicePublisher {
             })
     }
 
-    async fn publish(&self, inv: &Inventory, st: &mut State) -> Result<(), PublishError> {
+    async fn publish(
+        &self,
+        client: &kube::Client,
+        inv: &Inventory,
+        st: &mut State,
+    ) -> Result<(), PublishError> {
         let node = self.driver.node_name().to_owned();
-        let nodes: kube::Api<Node> = kube::Api::all(self.client.clone());
+        let nodes: kube::Api<Node> = kube::Api::all(client.clone());
         let node_uid = nodes
             .get(&node)
             .await
@@ -294,7 +299,7 @@ impl SlicePublisher {
             node_uid,
             shared_slots: self.shared_slots,
         };
-        let existing = self.existing().await?;
+        let existing = self.existing(client).await?;
         if st.last_devices.is_none() {
             // Continue above whatever a previous instance published.
             let max = existing
@@ -332,7 +337,7 @@ impl SlicePublisher {
         let pp = PatchParams::apply(&self.field_manager).force();
         for s in &built.slices {
             let name = s.metadata.name.clone().unwrap_or_default();
-            self.api()
+            self.api(client)
                 .patch(&name, &pp, &Patch::Apply(s))
                 .await
                 .map_err(|source| PublishError::Apply {
@@ -351,7 +356,11 @@ impl SlicePublisher {
             {
                 continue;
             }
-            match self.api().delete(&name, &DeleteParams::default()).await {
+            match self
+                .api(client)
+                .delete(&name, &DeleteParams::default())
+                .await
+            {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(source) => return Err(PublishError::Apply { name, source }),
@@ -371,6 +380,13 @@ impl SlicePublisher {
     /// Runs until `shutdown` resolves: follows the backend inventory and the slices in the API.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send) {
         tokio::pin!(shutdown);
+        let client = tokio::select! {
+            () = &mut shutdown => return,
+            c = self.client.get() => match c {
+                Some(c) => c,
+                None => return,
+            },
+        };
         let mut st = State {
             generation: 0,
             last_devices: None,
@@ -380,12 +396,15 @@ impl SlicePublisher {
         let mut backoff = Duration::from_millis(100);
         // Slice events (deleted under us, kubelet wipe) trigger a re-check.
         let wc = watcher::Config::default().fields(&self.selector());
-        let mut slice_events = watcher(self.api(), wc).boxed();
+        let mut slice_events = watcher(self.api(&client), wc).default_backoff().boxed();
         let driver_name = self.driver.name().to_owned();
         let mut inv_stream = None;
         let mut retry = tokio::time::interval(Duration::from_secs(30));
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut dirty = false;
+        // After a failed round, wait before the next (growing up to 5 s).
+        let mut hold_until = tokio::time::Instant::now();
+        let mut fail_backoff = Duration::from_millis(100);
         loop {
             if inv_stream.is_none() {
                 match self
@@ -438,12 +457,20 @@ impl SlicePublisher {
                 },
                 _ = retry.tick() => dirty = true,
                 // A failed round is retried soon, not only at the next event.
-                () = tokio::time::sleep(Duration::from_millis(250)), if dirty => {}
+                () = tokio::time::sleep_until(hold_until), if dirty => {}
             }
-            if dirty && let Some(inv) = &inventory {
-                match self.publish(inv, &mut st).await {
-                    Ok(()) => dirty = false,
+            if dirty
+                && tokio::time::Instant::now() >= hold_until
+                && let Some(inv) = &inventory
+            {
+                match self.publish(&client, inv, &mut st).await {
+                    Ok(()) => {
+                        dirty = false;
+                        fail_backoff = Duration::from_millis(100);
+                    }
                     Err(e) => {
+                        hold_until = tokio::time::Instant::now() + fail_backoff;
+                        fail_backoff = (fail_backoff * 2).min(Duration::from_secs(5));
                         self.driver
                             .metrics()
                             .slice_publish_errors
