@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use drakit_netdev::inventory::{FoundDevice, HostDevice};
 use drakit_netdev::manager::{Manager, ManagerOptions};
 use drakit_netdev::netlink::real::RtNetlink;
-use drakit_netdev::store::DirStore;
+use drakit_netdev::store::CheckpointStore;
 use drakit_proto::drakit as pb;
 
 struct Ns(String);
@@ -91,7 +91,10 @@ async fn main() -> Result<(), String> {
         capacity: BTreeMap::new(),
         shared: true,
     }];
-    let store = DirStore::open(state.path().join("netdev")).map_err(|e| e.to_string())?;
+    let mut cp =
+        drakit_types::checkpoint::Options::new(state.path().join("netdev"), "netdev.checkpoint");
+    cp.boot_id = drakit_types::checkpoint::BootIdSource::Fixed("bench".into());
+    let store = CheckpointStore::open(cp).map_err(|e| e.to_string())?;
     let m =
         Manager::new(host, store, ManagerOptions::new("bench"), inv).map_err(|e| e.to_string())?;
     let netns = p.path().display().to_string();
@@ -150,7 +153,7 @@ async fn main() -> Result<(), String> {
         tu.push(t.elapsed());
     }
     println!(
-        "macvlan claims: {n} (DirStore state on {})",
+        "macvlan claims: {n} (checkpoint journal in {}, fsync on)",
         state.path().display()
     );
     for (name, v) in [

@@ -1,7 +1,8 @@
 //! Persistence of claim records behind a small key→value trait, so the manager can switch to
-//! `drakit_types::checkpoint` (an append-only journal over a key→value map, being written in
-//! parallel) without touching its logic. Until then [`DirStore`] keeps one file per key, each
-//! replaced atomically (temp file, fsync, rename, fsync of the directory).
+//! `drakit_types::checkpoint` without touching its logic. [`CheckpointStore`] is that journal
+//! (checksummed, boot-ID stamped, compacted; what the daemon uses); [`DirStore`] keeps one file
+//! per key, each replaced atomically (temp file, fsync, rename, fsync of the directory);
+//! [`MemStore`] is for tests.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -21,6 +22,8 @@ pub enum StoreError {
     },
     #[error("invalid key {0:?}")]
     Key(String),
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
 }
 
 /// Durable key→value records. `put` must be durable when it returns.
@@ -126,6 +129,57 @@ impl Store for DirStore {
     }
 }
 
+/// The shared drakit checkpoint (append-only journal of checksummed records over a key→value
+/// map), values kept as JSON text.
+#[derive(Debug)]
+pub struct CheckpointStore(Mutex<drakit_types::checkpoint::Checkpoint<String>>);
+
+impl CheckpointStore {
+    /// Opens `<dir>/<name>`; what the load repaired is logged.
+    pub fn open(opts: drakit_types::checkpoint::Options) -> Result<Self, StoreError> {
+        let (cp, report) = drakit_types::checkpoint::Checkpoint::open(opts)
+            .map_err(|e| StoreError::Checkpoint(e.to_string()))?;
+        for w in report.warnings() {
+            tracing::warn!(warning = %w, "checkpoint load");
+        }
+        Ok(Self(Mutex::new(cp)))
+    }
+
+    fn cp(&self) -> std::sync::MutexGuard<'_, drakit_types::checkpoint::Checkpoint<String>> {
+        match self.0.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+}
+
+impl Store for CheckpointStore {
+    fn load(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        Ok(self
+            .cp()
+            .entries()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+            .collect())
+    }
+    fn put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        if !key_ok(key) {
+            return Err(StoreError::Key(key.into()));
+        }
+        let text = String::from_utf8(value.to_vec())
+            .map_err(|_| StoreError::Checkpoint("value is not UTF-8".into()))?;
+        self.cp()
+            .put(key, text)
+            .map_err(|e| StoreError::Checkpoint(e.to_string()))
+    }
+    fn remove(&self, key: &str) -> Result<(), StoreError> {
+        self.cp()
+            .remove(key)
+            .map(|_| ())
+            .map_err(|e| StoreError::Checkpoint(e.to_string()))
+    }
+}
+
 /// In-memory store (tests, benchmarks); clones share contents, so a "restart" can reuse it.
 #[derive(Debug, Clone, Default)]
 pub struct MemStore(Arc<Mutex<BTreeMap<String, Vec<u8>>>>);
@@ -163,6 +217,29 @@ impl Store for MemStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checkpoint_store_survives_reopen() {
+        use drakit_types::checkpoint::{BootIdSource, Options};
+        let d = tempfile::tempdir().unwrap();
+        let opts = || {
+            let mut o = Options::new(d.path(), "netdev.checkpoint");
+            o.boot_id = BootIdSource::Fixed("boot-1".into());
+            o
+        };
+        {
+            let s = CheckpointStore::open(opts()).unwrap();
+            s.put("claim-a", br#"{"x":1}"#).unwrap();
+            s.put("claim-b", b"2").unwrap();
+            s.remove("claim-b").unwrap();
+            assert!(s.put("../x", b"").is_err());
+        }
+        let s = CheckpointStore::open(opts()).unwrap();
+        assert_eq!(
+            s.load().unwrap(),
+            vec![("claim-a".into(), br#"{"x":1}"#.to_vec())]
+        );
+    }
 
     #[test]
     fn dir_store_roundtrip() {

@@ -11,7 +11,7 @@ use drakit_netdev::inventory::{InventoryOptions, VirtualMode, scan};
 use drakit_netdev::manager::{Manager, ManagerOptions};
 use drakit_netdev::netlink::real::RtNetlink;
 use drakit_netdev::server::{NetdevService, serve};
-use drakit_netdev::store::DirStore;
+use drakit_netdev::store::CheckpointStore;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -127,7 +127,9 @@ async fn main() -> anyhow::Result<()> {
     }
     o.default_parent = a.default_parent.clone();
     let host = RtNetlink::current().context("opening netlink")?;
-    let store = DirStore::open(&a.state_dir).context("opening the state dir")?;
+    let mut cp = drakit_types::checkpoint::Options::new(&a.state_dir, "netdev.checkpoint");
+    cp.boot_id = drakit_types::checkpoint::BootIdSource::ProcRoot(a.proc_root.clone());
+    let store = CheckpointStore::open(cp).context("opening the checkpoint")?;
     let mgr = Arc::new(Manager::new(host, store, o, devices).context("loading state")?);
     let rep = mgr
         .reconcile()
