@@ -151,7 +151,7 @@ async fn run_prepare(s: &Setup, files: bool, claims: usize, prefix: &str) {
     plugin.shutdown().await;
 }
 
-async fn pieces(s: &Setup, state_parent: &Path, cdi_parent: &Path) {
+async fn pieces(s: &Setup, n: usize, state_parent: &Path, cdi_parent: &Path) {
     // API GET of a claim through kube.
     let client = kube_client(s.config.kubeconfig.as_deref())
         .await
@@ -161,7 +161,7 @@ async fn pieces(s: &Setup, state_parent: &Path, cdi_parent: &Path) {
     let mut get = Vec::new();
     for i in 0..300 {
         let t = Instant::now();
-        api.get(&format!("a{i}")).await.expect("get");
+        api.get(&format!("a{}", i % n)).await.expect("get");
         get.push(t.elapsed());
     }
     report("piece: kube GET ResourceClaim", &mut get);
@@ -327,7 +327,7 @@ async fn main() {
         }
         run_prepare(&s, files, claims, prefix).await;
         if prefix == "a" {
-            pieces(&s, &disk, &shm).await;
+            pieces(&s, claims, &disk, &shm).await;
         }
         let _ = std::fs::remove_dir_all(&s.config.cdi_dir);
         drop(s.api);

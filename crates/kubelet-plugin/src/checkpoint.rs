@@ -160,6 +160,14 @@ fn replay(data: &[u8]) -> (Vec<Entry>, usize) {
     (entries, off)
 }
 
+fn first_header_boot(data: &[u8]) -> Option<String> {
+    let (entries, _) = replay(data.get(..data.len().min(4096 + 8))?);
+    match entries.into_iter().next()? {
+        Entry::Header { boot_id, .. } => Some(boot_id),
+        _ => None,
+    }
+}
+
 impl Journal {
     /// Opens (or creates) the journal at `path`. `durable = false` skips every fsync (benchmark
     /// only).
@@ -228,8 +236,20 @@ impl Journal {
             ino: 0,
             offset: 0,
         };
-        // Always start from a compact file stamped with this boot.
-        journal.compact()?;
+        // Rewrite only when needed (torn tail cut, unknown format, many dead records, another
+        // boot); a fresh node writes its first file at the first prepare.
+        let same_boot = matches!(first_header_boot(&data), Some(b) if b == boot_id);
+        if !data.is_empty()
+            && (!header_ok
+                || valid < data.len()
+                || !same_boot
+                || journal.records > 2 * journal.claims.len() + 256)
+        {
+            journal.compact()?;
+        } else if !data.is_empty() {
+            journal.offset = valid as u64;
+            journal.ino = std::fs::metadata(path).map(|m| m.ino()).unwrap_or(0);
+        }
         Ok(journal)
     }
 
@@ -251,6 +271,10 @@ impl Journal {
     }
 
     fn append(&mut self, entry: &Entry) -> Result<(), CheckpointError> {
+        if self.offset == 0 && self.file.is_none() {
+            // No file yet (or it vanished): start one with a header, atomically.
+            self.compact()?;
+        }
         let bytes = frame(entry);
         if bytes.len() > MAX_RECORD {
             return Err(CheckpointError::TooLarge {

@@ -41,10 +41,13 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     rt.block_on(async move {
-        // The client (TLS roots: tens of ms) is built while the drivers register.
+        // The client (TLS roots: tens of ms) is built once the drivers are registered; claim
+        // reads, slices and status wait for it.
         let (client, setter) = LazyClient::pending();
         let kubeconfig = config.kubeconfig.clone();
         let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();
+        let plugin = Plugin::start_lazy(config, client).await?;
+        tracing::info!("serving");
         tokio::spawn(async move {
             match kube_client(kubeconfig.as_deref()).await {
                 Ok(c) => setter.set(c),
@@ -53,8 +56,6 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         });
-        let plugin = Plugin::start_lazy(config, client).await?;
-        tracing::info!("serving");
         let failed = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
         let failed2 = failed.clone();
         let stop = async move {
