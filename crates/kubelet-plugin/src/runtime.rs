@@ -16,7 +16,10 @@ use drakit_proto::drakit::{
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use serde_json::Value;
+use std::sync::Arc;
+
+use drakit_types::config::ClaimConfig;
+use drakit_types::policy::Policy;
 
 use crate::backend::{Backend, BackendError};
 
@@ -24,8 +27,6 @@ use crate::backend::{Backend, BackendError};
 pub const CONFIG_API_VERSION: &str = "drakit.dev/v1alpha1";
 /// `kind` of a runtime-spec edit.
 pub const KIND: &str = "RuntimeSpecEditConfig";
-/// Prefix of the per-claim variable (as `drakit_types::constants`).
-pub const ENV_PREFIX: &str = "DRAKIT_RUNTIME_SPEC_";
 /// Name of the one shared device the runtime driver publishes.
 pub const DEVICE_NAME: &str = "spec-edit";
 
@@ -47,215 +48,67 @@ pub fn detect_cgroup_mode(cgroupfs_root: &Path) -> CgroupMode {
     }
 }
 
-/// `DRAKIT_RUNTIME_SPEC_<uid with [^A-Za-z0-9_] replaced by _>`.
+/// `DRAKIT_RUNTIME_SPEC_<uid with [^A-Za-z0-9_] replaced by _>` (`drakit_types::constants`).
 pub fn env_name(claim_uid: &str) -> String {
-    let suffix: String = claim_uid
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("{ENV_PREFIX}{suffix}")
+    drakit_types::constants::runtime_spec_env_name(claim_uid)
 }
 
-fn refuse(field: &str, message: impl std::fmt::Display) -> String {
-    format!("{field}: {message}")
-}
-
-fn only_keys(v: &Value, field: &str, allowed: &[&str]) -> Result<(), String> {
-    let Some(obj) = v.as_object() else {
-        return Err(refuse(field, "must be an object"));
-    };
-    for k in obj.keys() {
-        if !allowed.contains(&k.as_str()) {
-            return Err(refuse(
-                &format!("{field}.{k}"),
-                format!(
-                    "not allowed by the node policy (allowed here: {})",
-                    allowed.join(", ")
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn check_unified_key(key: &str) -> bool {
-    let Some((controller, rest)) = key.split_once('.') else {
-        return false;
-    };
-    !controller.is_empty()
-        && controller.bytes().all(|b| b.is_ascii_lowercase())
-        && controller != "cgroup"
-        && !rest.is_empty()
-        && rest
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
-        && !key.contains("..")
-}
-
-/// Decodes and checks one config; returns the `spec` fragment to hand to the NRI sidecar.
-pub fn check_config(config_json: &str, mode: CgroupMode) -> Result<Value, String> {
+/// Decodes a merged config strictly (`drakit_types::config`), checks it against the admin
+/// policy for the claim's namespace (`drakit_types::policy`) and the node's cgroup mode, and
+/// returns the fragment as compact JSON for the per-claim environment variable.
+pub fn check_config(
+    config_json: &str,
+    namespace: &str,
+    mode: CgroupMode,
+    policy: &Policy,
+) -> Result<String, String> {
     if config_json.is_empty() {
         return Err(
-            "no RuntimeSpecEditConfig given (opaque config for this driver is required)".into(),
+            "no RuntimeSpecEditConfig given (an opaque config for this driver is required)".into(),
         );
     }
-    let v: Value = serde_json::from_str(config_json).map_err(|e| refuse("parameters", e))?;
-    only_keys(&v, "parameters", &["apiVersion", "kind", "spec"])?;
-    match v.get("apiVersion").and_then(Value::as_str) {
-        Some(CONFIG_API_VERSION) => {}
-        other => {
-            return Err(refuse(
-                "parameters.apiVersion",
-                format!("must be {CONFIG_API_VERSION:?}, got {other:?}"),
-            ));
-        }
-    }
-    match v.get("kind").and_then(Value::as_str) {
-        Some(KIND) => {}
-        other => {
-            return Err(refuse(
-                "parameters.kind",
-                format!("must be {KIND:?}, got {other:?}"),
-            ));
-        }
-    }
-    let Some(spec) = v.get("spec") else {
-        return Err(refuse("parameters.spec", "is required"));
+    let cfg = ClaimConfig::from_json(config_json.as_bytes()).map_err(|e| e.to_string())?;
+    let ClaimConfig::RuntimeSpecEdit(c) = &cfg else {
+        return Err(format!(
+            "parameters.kind: this driver takes {KIND}, not another kind"
+        ));
     };
-    only_keys(spec, "spec", &["linux", "process"])?;
-    if let Some(linux) = spec.get("linux") {
-        only_keys(linux, "spec.linux", &["resources"])?;
-        if let Some(res) = linux.get("resources") {
-            only_keys(
-                res,
-                "spec.linux.resources",
-                &["unified", "cpu", "memory", "pids", "hugepageLimits"],
-            )?;
-            if let Some(unified) = res.get("unified") {
-                let Some(map) = unified.as_object() else {
-                    return Err(refuse(
-                        "spec.linux.resources.unified",
-                        "must be a map of strings",
-                    ));
-                };
-                if mode == CgroupMode::Legacy && !map.is_empty() {
-                    return Err(refuse(
-                        "spec.linux.resources.unified",
-                        "this node runs cgroup v1, where runc refuses unified cgroup v2 keys; schedule the pod on a cgroup v2 node",
-                    ));
-                }
-                for (k, val) in map {
-                    let field = format!("spec.linux.resources.unified[{k:?}]");
-                    if !check_unified_key(k) {
-                        return Err(refuse(
-                            &field,
-                            "not a cgroup v2 interface file name (<controller>.<name>, cgroup.* refused)",
-                        ));
-                    }
-                    match val.as_str() {
-                        Some(s) if !s.contains(['\n', '\0']) => {}
-                        _ => return Err(refuse(&field, "value must be a one-line string")),
-                    }
-                }
-            }
-            for (key, allowed) in [
-                (
-                    "cpu",
-                    &[
-                        "shares",
-                        "quota",
-                        "burst",
-                        "period",
-                        "realtimeRuntime",
-                        "realtimePeriod",
-                        "cpus",
-                        "mems",
-                        "idle",
-                    ][..],
-                ),
-                (
-                    "memory",
-                    &[
-                        "limit",
-                        "reservation",
-                        "swap",
-                        "kernel",
-                        "kernelTCP",
-                        "swappiness",
-                        "disableOOMKiller",
-                        "useHierarchy",
-                        "checkBeforeUpdate",
-                    ][..],
-                ),
-                ("pids", &["limit"][..]),
-            ] {
-                if let Some(sub) = res.get(key) {
-                    only_keys(sub, &format!("spec.linux.resources.{key}"), allowed)?;
-                }
-            }
-            if let Some(h) = res.get("hugepageLimits")
-                && !h.is_array()
-            {
-                return Err(refuse(
-                    "spec.linux.resources.hugepageLimits",
-                    "must be a list",
-                ));
-            }
-        }
+    drakit_types::policy::check_config(policy, namespace, &cfg).map_err(|e| e.to_string())?;
+    let unified = c
+        .spec
+        .linux
+        .as_ref()
+        .and_then(|l| l.resources().as_ref())
+        .and_then(|r| r.unified().as_ref())
+        .is_some_and(|u| !u.is_empty());
+    if unified && mode == CgroupMode::Legacy {
+        return Err(
+            "spec.linux.resources.unified: this node runs cgroup v1, where runc refuses \
+             unified cgroup v2 keys; schedule the pod on a cgroup v2 node"
+                .into(),
+        );
     }
-    if let Some(process) = spec.get("process") {
-        only_keys(process, "spec.process", &["rlimits", "env"])?;
-        if let Some(env) = process.get("env") {
-            let Some(list) = env.as_array() else {
-                return Err(refuse(
-                    "spec.process.env",
-                    "must be a list of NAME=value strings",
-                ));
-            };
-            for (i, e) in list.iter().enumerate() {
-                let field = format!("spec.process.env[{i}]");
-                let Some(s) = e.as_str() else {
-                    return Err(refuse(&field, "must be a string"));
-                };
-                let Some((name, _)) = s.split_once('=') else {
-                    return Err(refuse(&field, "must be NAME=value"));
-                };
-                if name.is_empty() || name.starts_with("DRAKIT_") || s.contains('\0') {
-                    return Err(refuse(&field, "empty, reserved (DRAKIT_*) or invalid name"));
-                }
-            }
-        }
-        if let Some(r) = process.get("rlimits") {
-            let Some(list) = r.as_array() else {
-                return Err(refuse("spec.process.rlimits", "must be a list"));
-            };
-            for (i, item) in list.iter().enumerate() {
-                only_keys(
-                    item,
-                    &format!("spec.process.rlimits[{i}]"),
-                    &["type", "hard", "soft"],
-                )?;
-            }
-        }
-    }
-    Ok(spec.clone())
+    serde_json::to_string(&c.spec).map_err(|e| format!("spec: cannot encode: {e}"))
 }
 
 /// The in-process runtime-spec backend.
 #[derive(Debug, Clone)]
 pub struct RuntimeBackend {
     mode: CgroupMode,
+    policy: Arc<Policy>,
 }
 
 impl RuntimeBackend {
+    /// With the built-in default policy.
     pub fn new(mode: CgroupMode) -> Self {
-        Self { mode }
+        Self::with_policy(mode, Policy::default())
+    }
+
+    pub fn with_policy(mode: CgroupMode, policy: Policy) -> Self {
+        Self {
+            mode,
+            policy: Arc::new(policy),
+        }
     }
 
     pub fn mode(&self) -> CgroupMode {
@@ -282,13 +135,19 @@ impl RuntimeBackend {
             .as_ref()
             .map(|c| c.uid.as_str())
             .unwrap_or_default();
+        let namespace = req
+            .claim
+            .as_ref()
+            .map(|c| c.namespace.as_str())
+            .unwrap_or_default();
         let mut out = Vec::new();
         for (i, d) in req.devices.iter().enumerate() {
-            let spec =
-                check_config(&d.config_json, self.mode).map_err(|m| BackendError::Refused {
-                    message: format!("device {:?} (results[{i}]): {m}", d.device),
+            let value =
+                check_config(&d.config_json, namespace, self.mode, &self.policy).map_err(|m| {
+                    BackendError::Refused {
+                        message: format!("device {:?} (results[{i}]): {m}", d.device),
+                    }
                 })?;
-            let value = serde_json::to_string(&spec).unwrap_or_default();
             out.push(PreparedDevice {
                 requests: d.requests.clone(),
                 pool: d.pool.clone(),
@@ -337,71 +196,65 @@ impl Backend for RuntimeBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn cfg(spec: Value) -> String {
         json!({"apiVersion": CONFIG_API_VERSION, "kind": KIND, "spec": spec}).to_string()
     }
 
+    fn check(spec: Value, mode: CgroupMode) -> Result<String, String> {
+        check_config(&cfg(spec), "default", mode, &Policy::default())
+    }
+
     #[test]
     fn accepts_resource_edits() {
-        let s = json!({"linux":{"resources":{"unified":{"io.max":"259:0 rbps=2097152","memory.high":"268435456"},"pids":{"limit":100}}},
-                       "process":{"env":["A=b"],"rlimits":[{"type":"RLIMIT_NOFILE","hard":10,"soft":10}]}});
+        let s = json!({"linux":{"resources":{"unified":{"io.max":"259:0 rbps=2097152","memory.high":"268435456"},"pids":{"limit":100}}}});
+        let out: Value = serde_json::from_str(&check(s, CgroupMode::Unified).unwrap()).unwrap();
         assert_eq!(
-            check_config(&cfg(s.clone()), CgroupMode::Unified).unwrap(),
-            s
+            out["linux"]["resources"]["unified"]["io.max"],
+            "259:0 rbps=2097152"
         );
+        assert_eq!(out["linux"]["resources"]["pids"]["limit"], 100);
     }
 
     #[test]
     fn refuses_outside_policy_with_field_paths() {
         for (spec, field) in [
-            (json!({"hooks":{}}), "spec.hooks"),
-            (json!({"mounts":[]}), "spec.mounts"),
-            (json!({"linux":{"namespaces":[]}}), "spec.linux.namespaces"),
             (
-                json!({"linux":{"resources":{"devices":[]}}}),
-                "spec.linux.resources.devices",
+                json!({"hooks":{"prestart":[{"path":"/bin/true"}]}}),
+                "spec.hooks",
             ),
             (
                 json!({"linux":{"resources":{"unified":{"cgroup.procs":"1"}}}}),
-                "cgroup.procs",
-            ),
-            (
-                json!({"linux":{"resources":{"unified":{"../x":"1"}}}}),
                 "unified",
             ),
             (
                 json!({"process":{"env":["DRAKIT_X=1"]}}),
-                "spec.process.env[0]",
-            ),
-            (
-                json!({"process":{"capabilities":{}}}),
-                "spec.process.capabilities",
+                "spec.process.env",
             ),
         ] {
-            let e = check_config(&cfg(spec), CgroupMode::Unified).unwrap_err();
+            let e = check(spec, CgroupMode::Unified).unwrap_err();
             assert!(e.contains(field), "{e} should name {field}");
         }
-        let e = check_config(r#"{"apiVersion":"drakit.dev/v1alpha1","kind":"RuntimeSpecEditConfig","spec":{},"extra":1}"#, CgroupMode::Unified).unwrap_err();
-        assert!(e.contains("parameters.extra"), "{e}");
         let e = check_config(
-            r#"{"apiVersion":"x/v1","kind":"RuntimeSpecEditConfig","spec":{}}"#,
+            r#"{"apiVersion":"drakit.dev/v1alpha1","kind":"RuntimeSpecEditConfig","spec":{},"extra":1}"#,
+            "default",
             CgroupMode::Unified,
+            &Policy::default(),
         )
         .unwrap_err();
-        assert!(e.contains("apiVersion"), "{e}");
-        assert!(check_config("", CgroupMode::Unified).is_err());
-        assert!(check_config("[1,2", CgroupMode::Unified).is_err());
+        assert!(e.contains("extra"), "{e}");
+        assert!(check_config("", "d", CgroupMode::Unified, &Policy::default()).is_err());
+        assert!(check_config("[1,2", "d", CgroupMode::Unified, &Policy::default()).is_err());
     }
 
     #[test]
     fn unified_refused_on_cgroup_v1() {
         let s = json!({"linux":{"resources":{"unified":{"io.max":"8:0 rbps=1"}}}});
-        let e = check_config(&cfg(s), CgroupMode::Legacy).unwrap_err();
+        let e = check(s, CgroupMode::Legacy).unwrap_err();
         assert!(e.contains("cgroup v1"), "{e}");
         let s = json!({"linux":{"resources":{"pids":{"limit":5}}}});
-        assert!(check_config(&cfg(s), CgroupMode::Legacy).is_ok());
+        assert!(check(s, CgroupMode::Legacy).is_ok());
     }
 
     #[test]
