@@ -335,7 +335,6 @@ impl Plugin {
                     if *n > self.config.registration_retries {
                         break Err(PluginError::Rejected { driver: o.driver, attempts: *n, error: o.error });
                     }
-                    tokio::time::sleep(self.config.registration_retry_delay).await;
                     if let Err(e) = self.reoffer(&o.driver).await {
                         break Err(e);
                     }
@@ -355,10 +354,18 @@ impl Plugin {
         if let Some(s) = d.reg_stop.take() {
             let _ = s.send(true);
         }
-        if let Some(t) = d.reg_task.take() {
-            let _ = t.await;
+        if let Some(mut t) = d.reg_task.take() {
+            // The kubelet may hold its connection open; do not wait for it long.
+            if tokio::time::timeout(Duration::from_millis(500), &mut t)
+                .await
+                .is_err()
+            {
+                t.abort();
+            }
         }
+        // Gone for a while, so the kubelet's watcher sees a removal and then a new socket.
         remove_socket(&d.paths.registration);
+        tokio::time::sleep(self.config.registration_retry_delay).await;
         tracing::info!(driver, "re-offering registration");
         let (task, stop) = start_registration(driver, &d.paths, tx)?;
         d.reg_task = Some(task);

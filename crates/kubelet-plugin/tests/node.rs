@@ -711,3 +711,39 @@ async fn metrics_endpoint_counts_calls() {
     assert!(get("/readyz").await.starts_with("HTTP/1.1 200"));
     p.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_registration_is_retried_then_fatal() {
+    use drakit_e2e::kubelet::{KubeletSim, KubeletSimConfig};
+    let n = TestNode::start(true).await;
+    // A kubelet that speaks no DRAPlugin version this plugin offers: it rejects.
+    let reg = n.tmp.path().join("other-registry");
+    std::fs::create_dir_all(&reg).unwrap();
+    let mut kc = KubeletSimConfig::new(&reg);
+    kc.supported_versions = vec![];
+    let kubelet = KubeletSim::start(kc).await.unwrap();
+    let mut config = n.config.clone();
+    config.registry_dir = reg.clone();
+    config.drivers.retain(|d| d.name == RUNTIME);
+    config.registration_retries = 1;
+    config.registration_retry_delay = Duration::from_millis(50);
+    let p = n.launch(config).await;
+    let first = kubelet
+        .wait_for_rejection(format!("{RUNTIME}-reg.sock"), T)
+        .await
+        .unwrap();
+    assert!(!first.is_empty());
+    // Re-offered once, rejected again: the plugin gives up with an error naming the driver.
+    let mut p = p;
+    let r = match tokio::time::timeout(T, &mut p.task).await {
+        Ok(r) => r.unwrap(),
+        Err(_) => panic!(
+            "plugin still running; kubelet events: {:#?}",
+            kubelet.events()
+        ),
+    };
+    let e = r.unwrap_err().to_string();
+    assert!(e.contains(RUNTIME) && e.contains("rejected"), "{e}");
+    assert!(!reg.join(format!("{RUNTIME}-reg.sock")).exists());
+    kubelet.stop();
+}
