@@ -302,7 +302,7 @@ impl Driver {
                 });
                 let fetched = futures::future::join_all(fetches).await;
                 for (c, f) in claims.iter().zip(fetched) {
-                    let span = tracing::info_span!("prepare", driver = %self.name, claim.uid = %c.uid, claim.name = %c.name, claim.namespace = %c.namespace);
+                    let span = tracing::info_span!("prepare", driver = %self.name, claim.uid = %c.uid, claim.name = %c.name, claim.namespace = %c.namespace, pod.uid = tracing::field::Empty);
                     let r = self.prepare_one(c, f).instrument(span).await;
                     match &r {
                         Ok(_) => self
@@ -339,6 +339,10 @@ impl Driver {
         let pools = self.pools.read().map(|p| p.clone()).unwrap_or_default();
         let mut work =
             extract(&rc, c, &self.name, &self.node_name, &pools).map_err(|e| e.to_string())?;
+        if !work.reserved_for_pods.is_empty() {
+            let pods = work.reserved_for_pods.join(",");
+            tracing::Span::current().record("pod.uid", pods.as_str());
+        }
         // The names the scheduler allocated, before slot names map to backend devices.
         let allocated: Vec<(String, String)> = work
             .devices

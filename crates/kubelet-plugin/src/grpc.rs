@@ -84,20 +84,12 @@ fn refs<'a>(claims: impl Iterator<Item = (&'a str, &'a str, &'a str)>) -> Vec<Cl
         .collect()
 }
 
-fn pod_uids(req_meta: &tonic::metadata::MetadataMap) -> Option<String> {
-    req_meta
-        .get("pod-uid")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-}
-
 #[tonic::async_trait]
 impl v1::dra_plugin_server::DraPlugin for DraService {
     async fn node_prepare_resources(
         &self,
         req: Request<v1::NodePrepareResourcesRequest>,
     ) -> Result<Response<v1::NodePrepareResourcesResponse>, Status> {
-        let _pod = pod_uids(req.metadata());
         let r = req.into_inner();
         let claims = refs(
             r.claims
