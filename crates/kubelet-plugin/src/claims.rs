@@ -7,9 +7,11 @@
 use std::time::Duration;
 
 use drakit_proto::drakit::AllocatedDevice;
+use drakit_types::config::{
+    ClaimRef as TypesClaimRef, ConfigEntry, ConfigSource, merge_for_request,
+};
 use futures::future::BoxFuture;
 use k8s_openapi::api::resource::v1::ResourceClaim;
-use serde_json::Value;
 
 /// What the kubelet names in a call.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -198,33 +200,6 @@ pub struct ClaimWork {
     pub reserved_for_pods: Vec<String>,
 }
 
-fn deep_merge(into: &mut Value, from: &Value) {
-    match (into, from) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in b {
-                match a.get_mut(k) {
-                    Some(slot) => deep_merge(slot, v),
-                    None => {
-                        a.insert(k.clone(), v.clone());
-                    }
-                }
-            }
-        }
-        (slot, v) => *slot = v.clone(),
-    }
-}
-
-fn request_matches(config_requests: Option<&Vec<String>>, result_request: &str) -> bool {
-    let Some(reqs) = config_requests else {
-        return true;
-    };
-    if reqs.is_empty() {
-        return true;
-    }
-    let parent = result_request.split('/').next().unwrap_or(result_request);
-    reqs.iter().any(|r| r == result_request || r == parent)
-}
-
 /// Checks the claim against what the kubelet asked for and this node, and collects this
 /// driver's allocated devices with their merged opaque configs (class configs first, then the
 /// claim's; later ones override earlier keys; configs of different `kind`s are refused).
@@ -269,17 +244,42 @@ pub fn extract(
             driver: driver.to_owned(),
         });
     };
-    let mut configs: Vec<(usize, &Option<Vec<String>>, &Value, bool)> = Vec::new();
-    for (i, c) in devs.config.iter().flatten().enumerate() {
-        let Some(op) = &c.opaque else { continue };
-        if op.driver != driver {
-            continue;
-        }
-        let from_class = c.source == "FromClass";
-        configs.push((i, &c.requests, &op.parameters.0, from_class));
-    }
-    // Class configs apply first, so a claim's own config wins.
-    configs.sort_by_key(|(i, _, _, from_class)| (!*from_class, *i));
+    // Every opaque entry for this driver, in list order, as raw bytes for drakit-types.
+    let raw: Vec<(ConfigSource, Vec<String>, Vec<u8>)> = devs
+        .config
+        .iter()
+        .flatten()
+        .map(|c| {
+            let source = ConfigSource::parse(&c.source).unwrap_or(ConfigSource::FromClaim);
+            let driver_ok = c.opaque.as_ref().is_some_and(|o| o.driver == driver);
+            let params = match (&c.opaque, driver_ok) {
+                (Some(o), true) => serde_json::to_vec(&o.parameters.0).unwrap_or_default(),
+                _ => Vec::new(),
+            };
+            (source, c.requests.clone().unwrap_or_default(), params)
+        })
+        .collect();
+    let drivers: Vec<&str> = devs
+        .config
+        .iter()
+        .flatten()
+        .map(|c| c.opaque.as_ref().map_or("", |o| o.driver.as_str()))
+        .collect();
+    let entries: Vec<ConfigEntry<'_>> = raw
+        .iter()
+        .zip(&drivers)
+        .map(|((source, requests, params), d)| ConfigEntry {
+            source: *source,
+            driver: d,
+            requests,
+            parameters: params,
+        })
+        .collect();
+    let tref = TypesClaimRef {
+        namespace: asked.namespace.clone(),
+        name: asked.name.clone(),
+        uid: asked.uid.clone(),
+    };
     let mut out = Vec::new();
     for (index, r) in devs.results.iter().flatten().enumerate() {
         if r.driver != driver {
@@ -294,49 +294,30 @@ pub fn extract(
                 node: node.to_owned(),
             });
         }
-        let mut merged: Option<Value> = None;
-        let mut kind: Option<String> = None;
-        for (ci, reqs, params, _) in &configs {
-            if !request_matches(reqs.as_ref(), &r.request) {
-                continue;
+        let merged = merge_for_request(&tref, driver, &r.request, &entries).map_err(|e| {
+            ClaimError::BadConfig {
+                claim: claim.clone(),
+                field: format!(
+                    "status.allocation.devices.results[{index}] ({:?})",
+                    r.request
+                ),
+                message: e.to_string(),
             }
-            let field = format!("status.allocation.devices.config[{ci}].opaque.parameters");
-            if !params.is_object() {
-                return Err(ClaimError::BadConfig {
-                    claim,
-                    field,
-                    message: "must be a JSON object".into(),
-                });
-            }
-            let this_kind = params
-                .get("kind")
-                .and_then(Value::as_str)
-                .map(str::to_owned);
-            if let (Some(k), Some(t)) = (&kind, &this_kind)
-                && k != t
-            {
-                return Err(ClaimError::BadConfig {
-                    claim,
-                    field,
-                    message: format!(
-                        "kind {t:?} cannot be merged with kind {k:?} for request {:?}",
-                        r.request
-                    ),
-                });
-            }
-            if this_kind.is_some() {
-                kind = this_kind;
-            }
-            match &mut merged {
-                Some(m) => deep_merge(m, params),
-                None => merged = Some((*params).clone()),
-            }
-        }
+        })?;
+        let config_json = match merged {
+            Some(cfg) => String::from_utf8(cfg.to_json().map_err(|e| ClaimError::BadConfig {
+                claim: claim.clone(),
+                field: "config".into(),
+                message: e.to_string(),
+            })?)
+            .unwrap_or_default(),
+            None => String::new(),
+        };
         out.push(AllocatedDevice {
             requests: vec![r.request.clone()],
             pool: r.pool.clone(),
             device: r.device.clone(),
-            config_json: merged.map(|m| m.to_string()).unwrap_or_default(),
+            config_json,
             share_id: r.share_id.clone().unwrap_or_default(),
             consumed_capacity: r
                 .consumed_capacity
@@ -376,7 +357,7 @@ mod tests {
     use super::*;
     use k8s_openapi::api::resource::v1::*;
     use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn claim(
         uid: &str,
@@ -432,6 +413,10 @@ mod tests {
         }
     }
 
+    fn rt(spec: Value) -> Value {
+        json!({"apiVersion":"drakit.dev/v1alpha1","kind":"RuntimeSpecEditConfig","spec":spec})
+    }
+
     #[test]
     fn picks_own_devices_and_merges_class_then_claim() {
         let rc = claim(
@@ -446,13 +431,15 @@ mod tests {
                     "FromClaim",
                     "d",
                     Some(vec!["r1"]),
-                    json!({"kind":"K","x":{"a":2}}),
+                    rt(json!({"linux":{"resources":{"pids":{"limit":2}}}})),
                 ),
                 cfg(
                     "FromClass",
                     "d",
                     None,
-                    json!({"kind":"K","x":{"a":1,"b":1}}),
+                    rt(
+                        json!({"linux":{"resources":{"pids":{"limit":1}}},"process":{"env":["A=1"]}}),
+                    ),
                 ),
                 cfg("FromClaim", "other", None, json!({"kind":"Z"})),
             ],
@@ -460,9 +447,10 @@ mod tests {
         let w = extract(&rc, &asked("u"), "d", "n1", &["n1".into()]).unwrap();
         assert_eq!(w.devices.len(), 2);
         let c0: Value = serde_json::from_str(&w.devices[0].config_json).unwrap();
-        assert_eq!(c0, json!({"kind":"K","x":{"a":2,"b":1}}));
+        assert_eq!(c0["spec"]["linux"]["resources"]["pids"]["limit"], 2);
+        assert_eq!(c0["spec"]["process"]["env"][0], "A=1");
         let c1: Value = serde_json::from_str(&w.devices[1].config_json).unwrap();
-        assert_eq!(c1, json!({"kind":"K","x":{"a":1,"b":1}}));
+        assert_eq!(c1["spec"]["linux"]["resources"]["pids"]["limit"], 1);
     }
 
     #[test]
@@ -484,12 +472,18 @@ mod tests {
             "u",
             vec![result("d", "n1", "a", "r")],
             vec![
-                cfg("FromClass", "d", None, json!({"kind":"A"})),
-                cfg("FromClaim", "d", None, json!({"kind":"B"})),
+                cfg("FromClass", "d", None, rt(json!({}))),
+                cfg(
+                    "FromClaim",
+                    "d",
+                    None,
+                    json!({"apiVersion":"drakit.dev/v1alpha1","kind":"CpuConfig","count":1}),
+                ),
             ],
         );
         let e = extract(&rc, &asked("u"), "d", "n1", &["n1".into()]).unwrap_err();
-        assert!(e.to_string().contains("config[1]"), "{e}");
+        let e = e.to_string();
+        assert!(e.contains("config[1]") && e.contains("ns/c"), "{e}");
         let mut rc = claim("u", vec![], vec![]);
         rc.status = None;
         assert!(matches!(

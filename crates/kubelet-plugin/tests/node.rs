@@ -136,7 +136,7 @@ async fn net_and_cpu_claims_through_backends_both_versions() {
                 &ClaimBuilder::new("default", &nname)
                     .uid(&nuid)
                     .device(NET, NODE, &format!("eth{i}"), "nic")
-                    .config_from_claim(NET, &["nic"], json!({"apiVersion":"drakit.dev/v1alpha1","kind":"NetdevConfig","interfaceName":"net1"}))
+                    .config_from_claim(NET, &["nic"], json!({"apiVersion":"drakit.dev/v1alpha1","kind":"NetdevConfig","netdev":{"kind":"macvlan","interfaceName":"net1","parent":"eth0"}}))
                     .reserved_for_pod("pod-a", "pod-uid-a")
                     .build(),
             )
@@ -306,7 +306,11 @@ async fn bad_claims_fail_alone() {
         &ClaimBuilder::new("default", "badnet")
             .uid("badnet-uid")
             .device(NET, NODE, "eth1", "nic")
-            .config_from_claim(NET, &[], json!({"kind":"NetdevConfig","invalid":true}))
+            .config_from_claim(
+                NET,
+                &[],
+                json!({"apiVersion":"drakit.dev/v1alpha1","kind":"NetdevConfig","invalid":true}),
+            )
             .build(),
     )
     .unwrap();
@@ -333,10 +337,35 @@ async fn bad_claims_fail_alone() {
         r["badnet-uid"]
             .clone()
             .unwrap_err()
-            .contains("spec.invalid"),
+            .contains("invalid: unknown field"),
         "{r:?}"
     );
     assert!(r["goodnet-uid"].is_ok());
+    // A valid config the backend refuses (the fake refuses interface name "invalid").
+    api.insert_claim(
+        &ClaimBuilder::new("default", "refused")
+            .uid("refused-uid")
+            .device(NET, NODE, "eth3", "nic")
+            .config_from_claim(
+                NET,
+                &[],
+                json!({"apiVersion":"drakit.dev/v1alpha1","kind":"NetdevConfig",
+                "netdev":{"kind":"macvlan","interfaceName":"invalid","parent":"eth0"}}),
+            )
+            .build(),
+    )
+    .unwrap();
+    let r = n
+        .node
+        .kubelet
+        .prepare(NET, &[ClaimRef::new("default", "refused", "refused-uid")])
+        .await
+        .unwrap();
+    let e = r["refused-uid"].clone().unwrap_err();
+    assert!(
+        e.contains("spec.invalid: unknown field") && e.contains("default/refused"),
+        "{e}"
+    );
     // Failed claims left nothing behind.
     let files = n.cdi_files();
     assert_eq!(files.len(), 2, "{files:?}");
