@@ -17,6 +17,8 @@ use serde_json::json;
 const DRIVER: &str = "net.drakit.dev";
 
 async fn client(api: &ApiServerSim, dir: &std::path::Path) -> kube::Client {
+    // Two rustls providers are linked in a workspace build; choose one explicitly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let path = dir.join("kubeconfig");
     api.write_kubeconfig(&path).unwrap();
     let kubeconfig = Kubeconfig::read_from(&path).unwrap();

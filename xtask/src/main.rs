@@ -1,23 +1,34 @@
 //! `cargo xtask <task>`: the project's developer and CI entry points.
 //!
 //! Every task installs what it needs when it is missing, so that a fresh machine needs nothing but
-//! this repository, `../shared` beside it and the Rust toolchain.
+//! this repository, `../shared` beside it and the Rust toolchain. Each task lives in its own module.
 
-mod tasks;
+mod bench;
+mod ci;
+mod demo;
+mod dev;
+mod e2e_kind;
+mod fuzz;
+mod images;
+mod node_e2e;
+mod render;
+mod schemas;
+mod soak;
 mod util;
 
 use anyhow::{Result, bail};
 
 const USAGE: &str = "\
-usage: cargo xtask <task>
+usage: cargo xtask <task> [args]
 
 tasks:
-  ci          what CI runs: fmt check, clippy -D warnings, every test
+  ci          what CI runs: fmt check, clippy -D warnings, every test, chart and render checks, node-e2e
   demo        the whole node stack on its embedded default (simulated kubelet and API server)
   node-e2e    node-level end-to-end scenarios with real processes
   e2e         end-to-end on a real kind cluster (needs docker and kind)
+  dev <comp>  rebuild one component's image and swap it into the kind cluster
   bench       every benchmark; results are printed and summarised for BENCHMARKS.md
-  render      regenerate manifests/install.yaml and manifests/schemas/
+  render      regenerate manifests/install.yaml and manifests/schemas/ (--check: fail when stale)
   images      build the container images (needs docker)
   fuzz-smoke  a short run of every fuzz target
   soak        long prepare/attach/detach/unprepare cycles with injected faults
@@ -31,15 +42,16 @@ fn main() -> Result<()> {
     };
     let rest = &args[1..];
     match task.as_str() {
-        "ci" => tasks::ci(rest),
-        "demo" => tasks::demo(rest),
-        "node-e2e" => tasks::not_yet("node-e2e", "issue 7"),
-        "e2e" => tasks::not_yet("e2e", "issue 7"),
-        "bench" => tasks::not_yet("bench", "issue 8"),
-        "render" => tasks::not_yet("render", "issue 7"),
-        "images" => tasks::not_yet("images", "issue 7"),
-        "fuzz-smoke" => tasks::not_yet("fuzz-smoke", "issue 8"),
-        "soak" => tasks::not_yet("soak", "issue 8"),
+        "ci" => ci::run(rest),
+        "demo" => demo::run(rest),
+        "node-e2e" => node_e2e::run(rest),
+        "e2e" => e2e_kind::run(rest),
+        "dev" => dev::run(rest),
+        "bench" => bench::run(rest),
+        "render" => render::run(rest),
+        "images" => images::run(rest),
+        "fuzz-smoke" => fuzz::run(rest),
+        "soak" => soak::run(rest),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");
             Ok(())

@@ -60,8 +60,17 @@ pub enum PluginError {
     NoDrivers,
 }
 
+/// Selects ring as the process-wide rustls provider. rustls only picks one by itself when
+/// exactly one is compiled in; a workspace build can link two (aws-lc-rs arrives through a
+/// test-only dependency), and then every TLS connection would panic. Idempotent.
+pub fn install_crypto_provider() {
+    // An Err means a provider is already installed, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Builds a kube client from a kubeconfig path, or the default chain.
 pub async fn kube_client(path: Option<&std::path::Path>) -> Result<kube::Client, PluginError> {
+    install_crypto_provider();
     let cfg = match path {
         Some(p) => {
             let kc = kube::config::Kubeconfig::read_from(p)

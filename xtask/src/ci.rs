@@ -1,0 +1,28 @@
+//! `cargo xtask ci`: everything CI runs, in order. `.ci/run` is exactly this task.
+
+use crate::util::{self, cargo, ensure_apt};
+use anyhow::Result;
+
+/// Debian packages the test suite uses, each with a file that shows it is installed.
+const TEST_PACKAGES: &[(&str, &str)] = &[
+    ("iproute2", "/usr/sbin/ip"),
+    ("containernetworking-plugins", "/usr/lib/cni/bridge"),
+];
+
+/// Formatting, lints, every test in the workspace, then the checks owned by other tasks.
+pub fn run(_args: &[String]) -> Result<()> {
+    ensure_apt(TEST_PACKAGES)?;
+    util::run(cargo().args(["fmt", "--all", "--check"]))?;
+    util::run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    util::run(cargo().args(["test", "--workspace", "--locked"]))?;
+    // Later steps (each owned by its task module) are added below, one line each.
+    Ok(())
+}
