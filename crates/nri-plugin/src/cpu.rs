@@ -268,9 +268,17 @@ impl CpuConcern {
                 shared = %pool.shared_cpus,
                 "pool state"
             );
-            let updates = self.set_pool(pool);
-            self.send(updates).await;
+            self.apply_pool(pool).await;
         }
+    }
+
+    /// Takes a new pool and sends the resulting updates (after the runtime sync); returns how
+    /// many containers were updated.
+    pub async fn apply_pool(&self, pool: Pool) -> usize {
+        let updates = self.set_pool(pool);
+        let n = updates.len();
+        self.send(updates).await;
+        n
     }
 
     async fn send(&self, updates: Vec<ContainerUpdate>) {
