@@ -22,6 +22,9 @@ pub fn run(_args: &[String]) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // The chart first: its renders feed the xtask tests (k8s-openapi decoding of every object).
+    crate::helm::check_chart()?;
+    crate::render::run(&["--check".to_string()])?;
     util::run(cargo().args(["test", "--workspace", "--locked"]))?;
     // Later steps (each owned by its task module) are added below, one line each.
     Ok(())

@@ -9,6 +9,7 @@ mod demo;
 mod dev;
 mod e2e_kind;
 mod fuzz;
+mod helm;
 mod images;
 mod node_e2e;
 mod render;
@@ -28,6 +29,7 @@ tasks:
   e2e         end-to-end on a real kind cluster (needs docker and kind)
   dev <comp>  rebuild one component's image and swap it into the kind cluster
   bench       every benchmark; results are printed and summarised for BENCHMARKS.md
+  chart       helm lint + template of every toggle combination (into target/chart-renders/)
   render      regenerate manifests/install.yaml and manifests/schemas/ (--check: fail when stale)
   images      build the container images (needs docker)
   fuzz-smoke  a short run of every fuzz target
@@ -48,6 +50,7 @@ fn main() -> Result<()> {
         "e2e" => e2e_kind::run(rest),
         "dev" => dev::run(rest),
         "bench" => bench::run(rest),
+        "chart" => helm::check_chart(),
         "render" => render::run(rest),
         "images" => images::run(rest),
         "fuzz-smoke" => fuzz::run(rest),
