@@ -17,6 +17,7 @@ pub fn values_key(target: &str) -> Option<&'static str> {
         "nri" => Some("nri"),
         "netdev" => Some("netdev"),
         "cpu" => Some("cpuAllocator"),
+        "webhook" => Some("webhook"),
         _ => None,
     }
 }

@@ -106,6 +106,22 @@ pub fn combinations() -> Vec<(String, Vec<String>)> {
     out.push(("no-cpu-allocator".into(), off("cpuAllocator")));
     out.push(("no-metrics".into(), off("metrics")));
     out.push(("no-slice-guard".into(), off("nodeSliceGuard")));
+    out.push((
+        "webhook-generated-cert".into(),
+        vec![
+            "webhook.enabled=true".into(),
+            "webhook.failurePolicy=Fail".into(),
+        ],
+    ));
+    out.push((
+        "webhook-cert-manager".into(),
+        vec![
+            "webhook.enabled=true".into(),
+            "webhook.certManager.enabled=true".into(),
+            "webhook.certManager.issuerRef.name=drakit-ca".into(),
+            "webhook.certManager.issuerRef.kind=ClusterIssuer".into(),
+        ],
+    ));
     out
 }
 
@@ -155,6 +171,7 @@ pub fn check_chart() -> Result<()> {
         "cpu.deviceModel=every",
         "kubeletPlugin.typo=1",
         "nri.pluginIndex=5",
+        "webhook.failurePolicy=Sometimes",
     ] {
         if template(&helm, &[bad.to_string()]).is_ok() {
             bail!("the chart accepted the invalid value {bad}");

@@ -13,6 +13,7 @@ pub const COMPONENTS: &[(&str, &str)] = &[
     ("nri", "drakit-nri"),
     ("netdev", "drakit-netdev"),
     ("cpu", "drakit-cpu"),
+    ("webhook", "drakit-webhook"),
 ];
 
 pub const REGISTRY: &str = "ghcr.io/drakit";

@@ -7,11 +7,13 @@
 
 use std::path::{Path, PathBuf};
 
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
-use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::api::resource::v1::DeviceClass;
 use serde_json::Value;
@@ -67,6 +69,18 @@ fn check_objects(path: &Path) -> Vec<Value> {
             ("v1", "Service") => same::<Service>(v, &what),
             ("v1", "ConfigMap") => same::<ConfigMap>(v, &what),
             ("apps/v1", "DaemonSet") => same::<DaemonSet>(v, &what),
+            ("apps/v1", "Deployment") => same::<Deployment>(v, &what),
+            ("v1", "Secret") => same::<Secret>(v, &what),
+            ("policy/v1", "PodDisruptionBudget") => same::<PodDisruptionBudget>(v, &what),
+            ("admissionregistration.k8s.io/v1", "ValidatingWebhookConfiguration") => {
+                same::<ValidatingWebhookConfiguration>(v, &what)
+            }
+            // cert-manager's CRD: check its shape by hand.
+            ("cert-manager.io/v1", "Certificate") => {
+                assert!(v["spec"]["secretName"].is_string(), "{what}");
+                assert!(v["spec"]["issuerRef"]["name"].is_string(), "{what}");
+                assert!(v["spec"]["dnsNames"][0].is_string(), "{what}");
+            }
             ("rbac.authorization.k8s.io/v1", "ClusterRole") => same::<ClusterRole>(v, &what),
             ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
                 same::<ClusterRoleBinding>(v, &what)
@@ -194,6 +208,34 @@ fn every_rendered_combination_decodes_and_follows_its_toggles() {
                     .iter()
                     .any(|a| a == "--netdev=false")
             );
+        }
+        if name.starts_with("webhook-") {
+            let vwc = all
+                .iter()
+                .find(|v| v["kind"] == "ValidatingWebhookConfiguration")
+                .unwrap_or_else(|| panic!("{name}: no ValidatingWebhookConfiguration"));
+            let w = &vwc["webhooks"][0];
+            assert_eq!(w["clientConfig"]["service"]["path"], "/validate");
+            assert!(
+                w["matchConditions"][0]["expression"]
+                    .as_str()
+                    .unwrap()
+                    .contains("net.drakit.dev")
+            );
+            let dep = all.iter().find(|v| v["kind"] == "Deployment").unwrap();
+            let pod = &dep["spec"]["template"]["spec"];
+            assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{name}");
+            assert_eq!(
+                pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"],
+                true
+            );
+            assert!(all.iter().any(|v| v["kind"] == "PodDisruptionBudget"));
+            if name == "webhook-generated-cert" {
+                assert!(w["clientConfig"]["caBundle"].is_string());
+                assert_eq!(w["failurePolicy"], "Fail");
+            } else {
+                assert!(all.iter().any(|v| v["kind"] == "Certificate"));
+            }
         }
         if name == "all-options" {
             assert!(all.iter().any(|v| v["kind"] == "ServiceMonitor"));
