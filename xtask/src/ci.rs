@@ -27,5 +27,6 @@ pub fn run(_args: &[String]) -> Result<()> {
     crate::render::run(&["--check".to_string()])?;
     util::run(cargo().args(["test", "--workspace", "--locked"]))?;
     // Later steps (each owned by its task module) are added below, one line each.
+    crate::node_e2e::run(&[])?;
     Ok(())
 }
