@@ -1059,6 +1059,29 @@ async fn start_pods(
                         links.keys().collect::<Vec<_>>()
                     );
                 };
+                let mut details = vec![format!("mtu {mtu}")];
+                // The link is of the kind the claim asked for (a CNI claim: its first plugin's).
+                let want_kind = match c.net_kind().as_deref() {
+                    Some("cni") => c
+                        .config_of_kind("CniConfig")
+                        .and_then(|v| v["config"]["plugins"][0]["type"].as_str().map(String::from)),
+                    Some(k @ ("macvlan" | "ipvlan" | "veth" | "dummy")) => Some(k.to_string()),
+                    _ => None,
+                };
+                if let Some(k) = want_kind {
+                    let l = sys::ip_json(ns, &["-d", "link", "show", "dev", &ifname])?;
+                    let got = l[0]["linkinfo"]["info_kind"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                    if got != k {
+                        bail!(
+                            "claim {}: {ifname} is a {got:?} link, the claim asked for {k}",
+                            c.object
+                        );
+                    }
+                    details.push(format!("kind {got}"));
+                }
                 if c.config_of_kind("CniConfig").is_some() {
                     let subnet = c
                         .config_of_kind("CniConfig")
@@ -1100,6 +1123,7 @@ async fn start_pods(
                         if routes.trim().is_empty() {
                             bail!("claim {}: no route to {dst} in the pod", c.object);
                         }
+                        details.push(format!("route {}", routes.trim()));
                     }
                     if let Some(master) = nd["master"].as_str() {
                         let host_ns = node.ns_name().context("node netns")?;
@@ -1115,8 +1139,9 @@ async fn start_pods(
                     }
                 }
                 out.ok(format!(
-                    "claim {}: {ifname} inside the pod netns with {addrs:?}",
-                    c.object
+                    "claim {}: {ifname} inside the pod netns with {addrs:?}, {}",
+                    c.object,
+                    details.join(", ")
                 ));
             }
             if !net_claims.is_empty() {
