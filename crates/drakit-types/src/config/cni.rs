@@ -14,6 +14,7 @@ pub const MAX_PLUGINS: usize = 32;
 
 /// One plugin of the chain: its `type` (the binary's file name in the CNI bin dir) and its own
 /// free-form settings, passed through to the plugin untouched.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CniPlugin {
     /// Plugin binary name, a plain file name (`bridge`, `host-local`, `tuning`).
@@ -25,6 +26,7 @@ pub struct CniPlugin {
 }
 
 /// A CNI network configuration list (the content of a `.conflist` file).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CniNetworkList {
@@ -43,6 +45,7 @@ pub struct CniNetworkList {
 }
 
 /// `kind: CniConfig`: run a CNI chain for one extra pod interface.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CniConfig {

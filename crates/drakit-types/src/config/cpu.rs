@@ -8,6 +8,7 @@ use super::error::{ConfigError, invalid};
 pub const MAX_CPU_COUNT: u32 = 4096;
 
 /// Whether hyperthread siblings may be split between claims.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SmtPolicy {
@@ -21,6 +22,7 @@ pub enum SmtPolicy {
 }
 
 /// How strictly the CPUs must come from one NUMA node.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum NumaAlignment {
@@ -33,6 +35,7 @@ pub enum NumaAlignment {
 }
 
 /// Which core type to take on hybrid (P-core / E-core) machines.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CoreType {
@@ -45,6 +48,7 @@ pub enum CoreType {
 }
 
 /// `kind: CpuConfig`: options for a CPU claim.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CpuConfig {

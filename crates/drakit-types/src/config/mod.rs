@@ -31,6 +31,8 @@ mod net;
 mod netdev;
 mod rdma;
 mod runtime;
+#[cfg(feature = "schema")]
+pub mod schema;
 
 use std::fmt;
 

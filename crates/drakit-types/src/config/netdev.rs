@@ -18,6 +18,7 @@ pub const MAX_ADDRESSES: usize = 16;
 pub const MAX_ROUTES: usize = 64;
 
 /// The link kind of a pod interface.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum NetdevKind {
@@ -60,6 +61,7 @@ impl fmt::Display for NetdevKind {
 }
 
 /// Link mode: macvlan modes and ipvlan modes (which apply depends on `kind`).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NetdevMode {
@@ -105,6 +107,7 @@ impl NetdevMode {
 }
 
 /// How the interface gets into the pod.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AttachMode {
@@ -174,6 +177,7 @@ fn check_pkey(v: u64) -> Result<PKey, String> {
 }
 
 /// A route inside the pod through this interface.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Route {
@@ -189,6 +193,7 @@ pub struct Route {
 }
 
 /// The interface description (the `netdev:` object).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NetdevSpec {
@@ -412,6 +417,7 @@ impl NetdevSpec {
 }
 
 /// `kind: NetdevConfig`: one network interface for the pod.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NetdevConfig {

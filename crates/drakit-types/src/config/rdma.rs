@@ -6,6 +6,7 @@ use super::error::ConfigError;
 use super::netdev::{NetdevSpec, check_legacy_type};
 
 /// The RDMA device flavour; only userspace verbs today.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RdmaKind {
@@ -14,6 +15,7 @@ pub enum RdmaKind {
 }
 
 /// Which RDMA character devices the container gets besides its `uverbsN`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RdmaSpec {
@@ -42,6 +44,7 @@ impl RdmaSpec {
 }
 
 /// `kind: RdmaConfig`: the allocated RDMA device's character devices in the container.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RdmaConfig {
@@ -62,6 +65,7 @@ impl RdmaConfig {
 
 /// `kind: RoceConfig`: an RDMA over Converged Ethernet device: its RDMA character devices and
 /// its netdev, both in the pod.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RoceConfig {

@@ -29,6 +29,7 @@ pub const UNIFIED_MAX_ENTRIES: usize = 64;
 pub const ENV_ENTRY_MAX: usize = 4096;
 
 /// The `process` part of a fragment: only what makes sense to add to an existing container.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProcessFragment {
@@ -37,9 +38,11 @@ pub struct ProcessFragment {
     pub env: Option<Vec<String>>,
     /// POSIX resource limits (`RLIMIT_NOFILE`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<Vec<super::schema::Oci>>"))]
     pub rlimits: Option<Vec<PosixRlimit>>,
     /// Capability sets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<super::schema::Oci>"))]
     pub capabilities: Option<LinuxCapabilities>,
     /// Set the no_new_privs bit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -55,13 +58,16 @@ pub struct ProcessFragment {
     pub selinux_label: Option<String>,
     /// I/O priority class and level.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<super::schema::Oci>"))]
     pub io_priority: Option<LinuxIOPriority>,
     /// Scheduling policy and attributes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<super::schema::Oci>"))]
     pub scheduler: Option<Scheduler>,
 }
 
 /// A partial OCI runtime spec (runtime-spec v1.3 field names).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RuntimeSpecFragment {
@@ -70,12 +76,15 @@ pub struct RuntimeSpecFragment {
     pub process: Option<ProcessFragment>,
     /// Linux settings (`resources.unified`, `resources.memory`, `devices`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<super::schema::OciLinux>"))]
     pub linux: Option<Linux>,
     /// Mounts to add.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<Vec<super::schema::Oci>>"))]
     pub mounts: Option<Vec<Mount>>,
     /// Lifecycle hooks to add.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<super::schema::Oci>"))]
     pub hooks: Option<Hooks>,
     /// Annotations to add.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -84,6 +93,7 @@ pub struct RuntimeSpecFragment {
 
 /// `kind: RuntimeSpecEditConfig`: runtime-spec edits for the containers using the claim
 /// (subject to the node's admin policy, see [`crate::policy`]).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RuntimeSpecEditConfig {
