@@ -323,6 +323,7 @@ fn print_report(r: &Report, s: &Scenario, demo: bool) {
         r.node,
         s.dir.display()
     );
+    println!("  coverage: {}", node::coverage(&r.name));
     match &r.result {
         Ok(o) => {
             if demo {

@@ -57,6 +57,34 @@ pub const SRIOV: Profile = Profile {
     cpu_grouped: false,
 };
 
+/// How a scenario's hardware is covered on this machine (printed with its result).
+pub fn coverage(scenario: &str) -> &'static str {
+    match scenario {
+        "rdma-uverbs" => {
+            "drakit-netdev reads a RoCE NIC sysfs fixture: slices, allocation, prepare, the CDI device nodes and teardown are real code paths; the device nodes are not opened (no RDMA hardware)"
+        }
+        "roce" => {
+            "RoCE NIC sysfs fixture; its netdev ens3f0np0 is a real stand-in link, so the move into the pod, rename, address and move back are real; RDMA device nodes checked in the CDI spec only"
+        }
+        "net-sriov-vf-vlan" => {
+            "SR-IOV NIC sysfs fixture: slices, CEL selection, prepare, CDI and claim status are real; VF VLAN/MAC settings and the VF move need a real PF and are not run"
+        }
+        "cpu-grouped" => {
+            "drakit-cpu on a two-socket Xeon machine fixture, grouped device model (consumable capacity)"
+        }
+        s if s.starts_with("cpu-") => {
+            "drakit-cpu on an Alder Lake machine fixture (8 P-cores with SMT + 8 E-cores)"
+        }
+        s if s.starts_with("runtime-") => {
+            "real daemons; the final OCI spec comes from the NRI runtime simulator (no runc here)"
+        }
+        "cni-macvlan" => {
+            "real CNI plugins (containernetworking-plugins) in real network namespaces; the harness runs the CDI createRuntime hook as runc would"
+        }
+        _ => "real links in real network namespaces (a private netns plays the node)",
+    }
+}
+
 /// Which node runs a scenario.
 pub fn profile_for(scenario: &str) -> Profile {
     match scenario {

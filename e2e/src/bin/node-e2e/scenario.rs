@@ -545,6 +545,29 @@ pub async fn run(node: &mut Node, sc: &Scenario, seq: usize) -> Result<Outcome> 
         }
     }
     out.ok("no CDI spec left after unprepare");
+    // CNI DEL ran: host-local holds no address for any claim any more.
+    if claims
+        .iter()
+        .any(|c| c.config_of_kind("CniConfig").is_some())
+    {
+        let mut held = Vec::new();
+        for net in std::fs::read_dir(&ipam_dir).into_iter().flatten().flatten() {
+            for f in std::fs::read_dir(net.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let n = f.file_name().to_string_lossy().into_owned();
+                if n != "lock" && !n.starts_with("last_reserved_ip") {
+                    held.push(n);
+                }
+            }
+        }
+        if !held.is_empty() {
+            bail!("host-local still holds {held:?} after unprepare (CNI DEL missing)");
+        }
+        out.ok("CNI DEL ran: host-local holds no address after unprepare");
+    }
     if let Some(ns) = node.ns_name() {
         let left = drakit_links(ns)?;
         if !left.is_empty() {
