@@ -150,6 +150,21 @@ async fn main() -> Result<()> {
             .filter(|s| node::profile_for(&s.name) == profile)
             .collect();
         let needs_net = mine.iter().any(|s| uses_driver(s, node::NET));
+        if net_ok.is_err() && mine.iter().all(|s| uses_driver(s, node::NET)) {
+            // Every scenario of this node needs network namespaces: do not start it at all.
+            for s in &mine {
+                let why = net_ok.clone().err().unwrap_or_default();
+                let rep = Report {
+                    name: s.name.clone(),
+                    node: profile.name,
+                    result: Err(format!("skipped: needs network namespaces: {why}")),
+                    millis: 0,
+                };
+                print_report(&rep, s, a.demo);
+                reports.push(rep);
+            }
+            continue;
+        }
         let with_net = if needs_net {
             net_ok.clone()
         } else {

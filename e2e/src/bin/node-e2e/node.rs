@@ -145,8 +145,13 @@ impl Node {
         let cdi_dir = root.join("cdi");
         let state_dir = root.join("state");
         let logs = root.join("logs");
-        for d in [&run, &cdi_dir, &state_dir, &logs] {
+        for d in [&cdi_dir, &state_dir, &logs] {
             std::fs::create_dir_all(d)?;
+        }
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            // Internal sockets live in a 0700 dir, as under /run/drakit.
+            std::fs::DirBuilder::new().mode(0o700).create(&run)?;
         }
         let mut node = Node {
             profile: profile.clone(),
@@ -186,6 +191,10 @@ impl Node {
             .arg("--state-dir")
             .arg(state_dir.join("cpu"))
             .args(["--rescan-secs", "0"]);
+        if let Some(uid) = sys::uid().filter(|u| *u != 0) {
+            // Not root: the kubelet plugin and drakit-nri run as this uid too.
+            cmd.args(["--allowed-uids", &uid.to_string()]);
+        }
         if profile.cpu_grouped {
             cmd.args(["--device-model", "grouped"]);
         }

@@ -34,15 +34,19 @@ pub fn ip_json(ns: &str, args: &[&str]) -> Result<serde_json::Value> {
     serde_json::from_str(&out).with_context(|| format!("parsing ip {} output", a.join(" ")))
 }
 
-pub fn is_root() -> bool {
+/// This process's real uid (from /proc, no libc binding needed).
+pub fn uid() -> Option<u32> {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
                 .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|u| u.parse().ok()))
         })
-        .unwrap_or(false)
+}
+
+pub fn is_root() -> bool {
+    uid() == Some(0)
 }
 
 /// Whether `ip netns add` works here (root, iproute2 installed).
