@@ -379,6 +379,15 @@ pub async fn run(node: &mut Node, sc: &Scenario, seq: usize) -> Result<Outcome> 
                 ));
                 picked += 1;
             }
+            if picked < r.count && !r.capacity.is_empty() {
+                bail!(
+                    "claim {}: request {} asks for capacity {:?}, which needs a shared device (allowMultipleAllocations, DRAConsumableCapacity); none of the {} published devices of {driver} is one (kubelet plugin --shared-slots 0 publishes them)",
+                    u.object,
+                    r.name,
+                    r.capacity,
+                    devs.len()
+                );
+            }
             if picked < r.count {
                 bail!(
                     "claim {}: request {} wants {} device(s) of {driver} matching {:?}; only {picked} of {} published fit",
