@@ -1,7 +1,262 @@
-//! `cargo xtask bench`.
+//! `cargo xtask bench [--quick]`: every benchmark program of the workspace, built once in release,
+//! run one after the other (never in parallel: they measure latency on a shared 2-core machine).
+//! Each program's full output goes to `target/bench/<name>.txt`; lines of the form
+//! `BENCH <metric> <value> <unit>` are gathered into one table, followed by the release binary
+//! sizes. BENCHMARKS.md records medians of several such runs beside the anchors.
 
-use anyhow::{Result, bail};
+use std::process::Command;
+use std::time::Instant;
 
-pub fn run(_args: &[String]) -> Result<()> {
-    bail!("`cargo xtask bench` is not implemented yet (tracked in issue 8)")
+use anyhow::{Context, Result};
+
+use crate::util::{self, cargo, is_root, root};
+
+struct Bench {
+    name: &'static str,
+    example: &'static str,
+    args: Vec<String>,
+    env: Vec<(&'static str, String)>,
+    needs_root: bool,
+}
+
+fn benches(quick: bool) -> Vec<Bench> {
+    let q = |full: &str, short: &str| {
+        if quick {
+            short.to_string()
+        } else {
+            full.to_string()
+        }
+    };
+    let mut v = vec![
+        Bench {
+            name: "config-decode",
+            example: "bench_config",
+            args: vec![],
+            env: vec![],
+            needs_root: false,
+        },
+        Bench {
+            name: "checkpoint-and-cdi",
+            example: "bench_state",
+            args: vec![q("1000", "200")],
+            env: vec![],
+            needs_root: false,
+        },
+        Bench {
+            name: "nri-library",
+            example: "bench",
+            args: vec![q("10000", "1000"), q("1000", "100")],
+            env: vec![],
+            needs_root: false,
+        },
+        Bench {
+            name: "nri-sidecar",
+            example: "bench_nri",
+            args: vec![q("10000", "1000"), q("1000", "100"), q("500", "100")],
+            env: vec![],
+            needs_root: false,
+        },
+        Bench {
+            name: "cpu-allocator",
+            example: "bench_cpu",
+            args: vec![],
+            env: vec![],
+            needs_root: false,
+        },
+        Bench {
+            name: "kubelet-plugin",
+            example: "bench",
+            args: vec![],
+            env: vec![("BENCH_CLAIMS", q("1000", "200"))],
+            needs_root: false,
+        },
+        Bench {
+            name: "netdev-attach",
+            example: "bench_attach",
+            args: vec![q("500", "50")],
+            env: vec![],
+            needs_root: true,
+        },
+        Bench {
+            name: "webhook",
+            example: "bench_webhook",
+            args: vec![q("5000", "500")],
+            env: vec![],
+            needs_root: false,
+        },
+        Bench {
+            name: "e2e-harness",
+            example: "bench_harness",
+            args: vec![],
+            env: vec![],
+            needs_root: false,
+        },
+    ];
+    // Scaling curve: NRI Synchronize at 10 / 100 / 1,000 containers.
+    for n in ["10", "100", "1000"] {
+        v.push(Bench {
+            name: match n {
+                "10" => "nri-sync-10",
+                "100" => "nri-sync-100",
+                _ => "nri-sync-1000",
+            },
+            example: "bench_nri",
+            args: vec!["200".into(), n.into(), "10".into()],
+            env: vec![],
+            needs_root: false,
+        });
+    }
+    v
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let quick = args.iter().any(|a| a == "--quick");
+    // The `bench` examples of two packages collide in target/release/examples: build each, copy.
+    for (pkg, feats, name) in [
+        ("nri", Some("simulator"), "nri-library"),
+        ("drakit-kubelet-plugin", None, "kubelet-plugin"),
+    ] {
+        let mut c = cargo();
+        c.args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            pkg,
+            "--example",
+            "bench",
+        ]);
+        if let Some(f) = feats {
+            c.args(["--features", f]);
+        }
+        util::run(&mut c)?;
+        let dir = root().join("target/release/examples");
+        std::fs::copy(dir.join("bench"), dir.join(format!("bench-{name}")))
+            .with_context(|| format!("copying the {pkg} bench"))?;
+    }
+    util::run(cargo().args([
+        "build",
+        "--release",
+        "--locked",
+        "--bins",
+        "-p",
+        "drakit-kubelet-plugin",
+        "-p",
+        "drakit-nri",
+        "-p",
+        "drakit-netdev",
+        "-p",
+        "drakit-cpu",
+        "-p",
+        "drakit-webhook",
+        "--example",
+        "bench_config",
+        "--example",
+        "bench_state",
+        "--example",
+        "bench_nri",
+        "--example",
+        "bench_cpu",
+        "--example",
+        "bench_attach",
+        "--example",
+        "bench_webhook",
+        "-p",
+        "drakit-types",
+        "-p",
+        "drakit-e2e",
+        "--example",
+        "bench_harness",
+    ]))?;
+    let out_dir = root().join("target/bench");
+    std::fs::create_dir_all(&out_dir)?;
+    let mut table: Vec<(String, String, String, String)> = Vec::new();
+    let mut notes = Vec::new();
+    for b in benches(quick) {
+        if b.needs_root && !is_root() {
+            notes.push(format!(
+                "{}: skipped: needs root (network namespaces)",
+                b.name
+            ));
+            continue;
+        }
+        let dir = root().join("target/release/examples");
+        let exe = if b.example == "bench" {
+            dir.join(format!("bench-{}", b.name))
+        } else {
+            dir.join(b.example)
+        };
+        eprintln!("== {} ({} {})", b.name, exe.display(), b.args.join(" "));
+        let t = Instant::now();
+        let out = Command::new(&exe)
+            .args(&b.args)
+            .envs(b.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .current_dir(root())
+            .output()
+            .with_context(|| format!("running {}", exe.display()))?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::write(out_dir.join(format!("{}.txt", b.name)), &text)?;
+        print!("{text}");
+        if !out.status.success() {
+            notes.push(format!(
+                "{}: FAILED ({}) after {:.1?}",
+                b.name,
+                out.status,
+                t.elapsed()
+            ));
+            continue;
+        }
+        let mut found = false;
+        for l in text.lines() {
+            let mut it = l.split_whitespace();
+            if it.next() == Some("BENCH")
+                && let (Some(m), Some(v), Some(u)) = (it.next(), it.next(), it.next())
+            {
+                {
+                    table.push((
+                        b.name.to_string(),
+                        m.to_string(),
+                        v.to_string(),
+                        u.to_string(),
+                    ));
+                    found = true;
+                }
+            }
+        }
+        if !found {
+            notes.push(format!(
+                "{}: see target/bench/{}.txt (its own report, {:.1?})",
+                b.name,
+                b.name,
+                t.elapsed()
+            ));
+        }
+    }
+    println!("\n{:<18} {:<28} {:>12} unit", "bench", "metric", "value");
+    for (b, m, v, u) in &table {
+        println!("{b:<18} {m:<28} {v:>12} {u}");
+    }
+    println!("\nrelease binaries:");
+    for bin in [
+        "drakit-kubelet-plugin",
+        "drakit-nri",
+        "drakit-netdev",
+        "drakit-cpu",
+        "drakit-webhook",
+    ] {
+        if let Ok(m) = std::fs::metadata(root().join("target/release").join(bin)) {
+            println!("  {bin:<24} {:>6.1} MB", m.len() as f64 / 1e6);
+        }
+    }
+    for n in &notes {
+        println!("note: {n}");
+    }
+    if notes.iter().any(|n| n.contains("FAILED")) {
+        anyhow::bail!("some benchmarks failed");
+    }
+    Ok(())
 }
