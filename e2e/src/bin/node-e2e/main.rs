@@ -249,6 +249,7 @@ async fn main() -> Result<()> {
             )));
         }
         final_checks.push(check_checkpoints(&node));
+        final_checks.push(check_logs(&node.root.join("logs"), profile.name));
         drop(node);
     }
 
@@ -425,6 +426,22 @@ fn check_checkpoints(node: &Node) -> std::result::Result<String, String> {
             "{}: claims left in checkpoints: {live:?}",
             node.profile.name
         ))
+    }
+}
+
+/// No daemon panicked (a panic in a spawned task does not always end the process).
+fn check_logs(dir: &Path, node: &str) -> std::result::Result<String, String> {
+    let mut bad = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        if let Some(l) = text.lines().find(|l| l.contains("panicked at")) {
+            bad.push(format!("{}: {l}", e.path().display()));
+        }
+    }
+    if bad.is_empty() {
+        Ok(format!("{node}: no daemon log shows a panic"))
+    } else {
+        Err(format!("{node}: {}", bad.join("; ")))
     }
 }
 

@@ -642,10 +642,11 @@ async fn run_pods(
         for f in &e.files {
             excerpt.push(format!("file {f}"));
         }
-        for v in &e.env {
+        let mut seen = BTreeSet::new();
+        for v in e.env.iter().filter(|v| seen.insert(v.as_str())) {
             let (k, val) = v.split_once('=').unwrap_or((v, ""));
-            let val = if val.len() > 110 {
-                format!("{}…", &val[..110])
+            let val = if val.chars().count() > 110 {
+                format!("{}…", val.chars().take(110).collect::<String>())
             } else {
                 val.to_string()
             };
@@ -670,6 +671,13 @@ async fn run_pods(
         }
         for n in &e.net_devices {
             excerpt.push(format!("netDevice {n}"));
+        }
+        if excerpt.is_empty() {
+            excerpt.push(
+                "(none: nothing to inject into the container; the interface is attached to the \
+                 pod at RunPodSandbox through NRI)"
+                    .into(),
+            );
         }
         out.tell(format!("CDI spec of {}", c.object), excerpt.join("\n"));
         if e.files.iter().any(|f| !f.contains(&c.uid)) {
