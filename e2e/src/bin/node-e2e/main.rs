@@ -116,6 +116,27 @@ async fn main() -> Result<()> {
         std::fs::remove_dir_all(&base)?;
     }
     std::fs::create_dir_all(&base)?;
+    let install = workspace.join("manifests/install.yaml");
+    let mut classes = if install.exists() {
+        manifest::device_classes(&install)?
+    } else {
+        Default::default()
+    };
+    let class_note = if classes.is_empty() {
+        for d in [node::NET, node::CPU, node::RUNTIME] {
+            classes.insert(d.to_string(), vec![format!("device.driver == {d:?}")]);
+        }
+        format!(
+            "DeviceClasses: {} has none; using one per driver selecting device.driver",
+            install.display()
+        )
+    } else {
+        format!(
+            "DeviceClasses from {}: {}",
+            install.display(),
+            classes.keys().cloned().collect::<Vec<_>>().join(", ")
+        )
+    };
     let net_ok = sys::netns_usable();
     let cni_ok =
         a.cni_bin_dir.join("macvlan").is_file() && a.cni_bin_dir.join("host-local").is_file();
@@ -126,6 +147,7 @@ async fn main() -> Result<()> {
         scenarios.len(),
         base.display()
     );
+    println!("{class_note}");
     match &net_ok {
         Ok(()) => println!("network: real links in private network namespaces (root)"),
         Err(why) => println!("network: skipped: {why} (net.drakit.dev scenarios are not run)"),
@@ -221,7 +243,7 @@ async fn main() -> Result<()> {
                     a.cni_bin_dir.display()
                 ))
             } else {
-                scenario::run(&mut node, s, seq)
+                scenario::run(&mut node, s, seq, &classes)
                     .await
                     .map_err(|e| format!("{e:#}"))
             };

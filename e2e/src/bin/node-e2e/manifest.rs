@@ -254,6 +254,31 @@ pub fn load_all(root: &Path) -> Result<Vec<Scenario>> {
     dirs.iter().map(|d| Scenario::load(d)).collect()
 }
 
+/// DeviceClasses (name → CEL selectors) from a rendered manifest such as
+/// `manifests/install.yaml`; other kinds are ignored.
+pub fn device_classes(path: &Path) -> Result<BTreeMap<String, Vec<String>>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut out = BTreeMap::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let v = Value::deserialize(doc).with_context(|| format!("parsing {}", path.display()))?;
+        if v["kind"] != "DeviceClass" {
+            continue;
+        }
+        let name = str_at(&v, &["metadata", "name"])
+            .context("DeviceClass without a name")?
+            .to_owned();
+        let sels = v["spec"]["selectors"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["cel"]["expression"].as_str().map(String::from))
+            .collect();
+        out.insert(name, sels);
+    }
+    Ok(out)
+}
+
 /// One request of a claim spec (`spec.devices.requests[]`, `exactly` form).
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -346,6 +371,19 @@ mod tests {
                 }
             }
             assert!(!s.summary.is_empty(), "{}: README summary", s.name);
+        }
+    }
+
+    #[test]
+    fn the_rendered_device_classes_select_by_driver() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/install.yaml");
+        if !path.exists() {
+            eprintln!("skipped: {} not rendered yet", path.display());
+            return;
+        }
+        let classes = device_classes(&path).unwrap();
+        for d in ["net.drakit.dev", "cpu.drakit.dev", "runtime.drakit.dev"] {
+            assert!(classes.contains_key(d), "{d} in {classes:?}");
         }
     }
 

@@ -294,7 +294,12 @@ struct RunningPod {
     procs: Vec<PodProcess>,
 }
 
-pub async fn run(node: &mut Node, sc: &Scenario, seq: usize) -> Result<Outcome> {
+pub async fn run(
+    node: &mut Node,
+    sc: &Scenario,
+    seq: usize,
+    classes: &BTreeMap<String, Vec<String>>,
+) -> Result<Outcome> {
     let mut out = Outcome::default();
     let api = &node.harness.api;
     let node_name = node.profile.name;
@@ -318,33 +323,57 @@ pub async fn run(node: &mut Node, sc: &Scenario, seq: usize) -> Result<Outcome> 
         let mut results = Vec::new();
         let mut asked = Vec::new();
         for r in &reqs {
+            // The DeviceClass's selectors (from the rendered manifests), then the request's, over
+            // every device published for this node, as the scheduler evaluates them.
+            let class_sel = match classes.get(&r.class) {
+                Some(sel) => sel.clone(),
+                None => bail!(
+                    "claim {}: request {}: no DeviceClass {:?} in manifests/install.yaml",
+                    u.object,
+                    r.name,
+                    r.class
+                ),
+            };
             let driver = r.class.clone();
-            let slices = api.slices_for(node_name, &driver);
-            if slices.is_empty() {
+            let mut devs = Vec::new();
+            for s in api.slices() {
+                let s = serde_json::to_value(&s)?;
+                if s["spec"]["nodeName"] != node_name {
+                    continue;
+                }
+                let sdriver = s["spec"]["driver"].as_str().unwrap_or_default().to_owned();
+                for d in s["spec"]["devices"].as_array().into_iter().flatten() {
+                    let cd = cel_device(&sdriver, d);
+                    let mut in_class = true;
+                    for sel in &class_sel {
+                        in_class &= cel::matches(sel, &cd)
+                            .with_context(|| format!("DeviceClass {} selector {sel:?}", r.class))?;
+                    }
+                    if in_class {
+                        devs.push((
+                            sdriver.clone(),
+                            s["spec"]["pool"]["name"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_owned(),
+                            d.clone(),
+                        ));
+                    }
+                }
+            }
+            if devs.is_empty() {
                 bail!(
-                    "claim {}: request {}: no ResourceSlice of {driver} on {node_name}",
+                    "claim {}: request {}: no device of class {driver} published on {node_name}",
                     u.object,
                     r.name
                 );
             }
-            let mut devs = Vec::new();
-            for s in &slices {
-                let s = serde_json::to_value(s)?;
-                for d in s["spec"]["devices"].as_array().into_iter().flatten() {
-                    devs.push((
-                        s["spec"]["pool"]["name"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_owned(),
-                        d.clone(),
-                    ));
-                }
-            }
             let mut picked = 0;
-            for (pool, d) in &devs {
+            for (ddriver, pool, d) in &devs {
                 if picked == r.count {
                     break;
                 }
+                let driver = ddriver.clone();
                 let name = d["name"].as_str().unwrap_or_default().to_owned();
                 let shared = d["allowMultipleAllocations"] == true;
                 if !shared && taken.contains(&(driver.clone(), name.clone())) {
