@@ -418,8 +418,12 @@ impl Driver {
             .map_err(|e| format!("claim {c}: {e}"))?;
         if let Some(sink) = &self.status {
             let mut devs = resp.devices.clone();
+            // Report the device and share ID exactly as allocated: a slot's backend identity
+            // (`<claim uid>-<slot>`) is not in status.allocation, and the API server refuses a
+            // status entry that does not match an allocation result.
             for (d, r) in devs.iter_mut().zip(&records) {
                 d.device = r.device.clone();
+                d.share_id = r.share_id.clone().unwrap_or_default();
             }
             if let Some(patch) =
                 crate::status::status_patch(&self.name, c, &devs, &crate::status::now_rfc3339())
