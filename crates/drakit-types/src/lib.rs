@@ -13,4 +13,6 @@ pub mod checkpoint;
 pub mod config;
 pub mod constants;
 pub mod fsutil;
+#[cfg(feature = "logging")]
+pub mod logging;
 pub mod policy;

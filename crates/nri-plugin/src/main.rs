@@ -61,16 +61,7 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("DRAKIT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if args.log_json {
-        fmt.json().init();
-    } else {
-        fmt.init();
-    }
+    drakit_types::logging::init(args.log_json);
     // One thread: the sidecar's work is small and latency-bound; this keeps RSS low.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
