@@ -61,6 +61,9 @@ fn init_logs() {
         .init();
 }
 
+/// The built-in check that is not an example (see `scenario::restart_check`).
+const RESTART: &str = "kubelet-plugin-restart";
+
 struct Report {
     name: String,
     node: &'static str,
@@ -97,7 +100,7 @@ async fn main() -> Result<()> {
         let unknown: Vec<&String> = a
             .only
             .iter()
-            .filter(|o| !scenarios.iter().any(|s| &s.name == *o))
+            .filter(|o| *o != RESTART && !scenarios.iter().any(|s| &s.name == *o))
             .collect();
         if !unknown.is_empty() {
             bail!("no such scenario: {unknown:?}");
@@ -162,6 +165,10 @@ async fn main() -> Result<()> {
             order.push(p);
         }
     }
+    let want_restart = a.only.is_empty() || a.only.iter().any(|o| o == RESTART);
+    if want_restart && !order.contains(&node::MAIN) {
+        order.insert(0, node::MAIN);
+    }
     let mut reports = Vec::new();
     let mut failed_dumps = Vec::new();
     let mut final_checks = Vec::new();
@@ -190,7 +197,7 @@ async fn main() -> Result<()> {
         let with_net = if needs_net {
             net_ok.clone()
         } else {
-            Err("no scenario here needs it".into())
+            Err("not needed: no selected scenario on this node uses it".into())
         };
         println!("\n>>> starting node {} ({})", profile.name, profile.what);
         let t = Instant::now();
@@ -258,6 +265,36 @@ async fn main() -> Result<()> {
                 node_failed = true;
             }
             reports.push(rep);
+        }
+        if want_restart && profile == node::MAIN {
+            seq += 1;
+            let t = Instant::now();
+            let result = scenario::restart_check(&mut node, seq)
+                .await
+                .map_err(|e| format!("{e:#}"));
+            println!("\n{}", hr('-'));
+            println!("check {RESTART} (node {})", profile.name);
+            println!(
+                "  what: a prepared claim survives a kubelet plugin restart with the CDI dir wiped"
+            );
+            match &result {
+                Ok(o) => {
+                    for c in &o.checks {
+                        println!("  ok   {c}");
+                    }
+                    println!("  => PASS ({} ms)", t.elapsed().as_millis());
+                }
+                Err(e) => {
+                    node_failed = true;
+                    println!("  => FAIL: {e}");
+                }
+            }
+            reports.push(Report {
+                name: RESTART.into(),
+                node: profile.name,
+                result,
+                millis: t.elapsed().as_millis(),
+            });
         }
         if node_failed {
             failed_dumps.push(node.dump());

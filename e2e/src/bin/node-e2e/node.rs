@@ -169,10 +169,13 @@ impl Node {
             net_proc_root: PathBuf::from("/proc"),
         };
         if let Err(why) = &with_net {
-            node.notes.push(format!(
-                "skipped: net.drakit.dev on {}: {why}",
-                profile.name
-            ));
+            let tag = if why.starts_with("not needed") {
+                "note"
+            } else {
+                "skipped"
+            };
+            node.notes
+                .push(format!("{tag}: net.drakit.dev on {}: {why}", profile.name));
         }
         let bin = |n: &str| paths.bin_dir.join(n);
 
@@ -378,6 +381,20 @@ impl Node {
             bail!("drakit-nri did not register with the NRI runtime: {e}");
         }
         Ok(node)
+    }
+
+    /// Restarts one daemon by name (SIGTERM, same command line).
+    pub fn restart_daemon(
+        &mut self,
+        name: &str,
+        between: impl FnOnce() -> Result<()>,
+    ) -> Result<bool> {
+        let d = self
+            .daemons
+            .iter_mut()
+            .find(|d| d.name == name)
+            .with_context(|| format!("no daemon {name}"))?;
+        d.restart(between)
     }
 
     pub fn check_daemons(&mut self) -> Result<()> {

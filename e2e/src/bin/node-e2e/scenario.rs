@@ -622,6 +622,131 @@ pub async fn run(
     Ok(out)
 }
 
+/// Not an example: a runtime-spec claim is prepared, the kubelet plugin is restarted with its CDI
+/// dir wiped (tmpfs `/var/run/cdi` after a reboot), and the spec must be rebuilt from the
+/// checkpoint before the plugin registers again; a repeated prepare answers the same CDI ids and
+/// unprepare removes everything.
+pub async fn restart_check(node: &mut Node, seq: usize) -> Result<Outcome> {
+    let mut out = Outcome::default();
+    let node_name = node.profile.name;
+    let (ns, name) = ("default", "restart-check");
+    let uid = format!("e2e{seq:05x}-0000-4000-8000-{:012x}", std::process::id());
+    let device = node
+        .harness
+        .api
+        .slices_for(node_name, RUNTIME)
+        .iter()
+        .find_map(|s| s.spec.devices.as_ref()?.first().map(|d| d.name.clone()))
+        .context("no runtime.drakit.dev device published")?;
+    let params = json!({"apiVersion": "drakit.dev/v1alpha1", "kind": "RuntimeSpecEditConfig",
+        "spec": {"linux": {"resources": {"unified": {"pids.max": "64"}}}}});
+    let claim = json!({
+        "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
+        "metadata": {"name": name, "namespace": ns, "uid": uid},
+        "spec": {"devices": {"requests": [{"name": "r", "exactly": {"deviceClassName": RUNTIME}}],
+                 "config": [{"requests": ["r"], "opaque": {"driver": RUNTIME, "parameters": params}}]}},
+        "status": {"allocation": {"devices": {
+            "results": [{"request": "r", "driver": RUNTIME, "pool": node_name, "device": device}],
+            "config": [{"source": "FromClaim", "requests": ["r"], "opaque": {"driver": RUNTIME, "parameters": params}}]}},
+            "reservedFor": [{"resource": "pods", "name": "restart-pod", "uid": pod_uid(seq, "restart-pod")}]},
+    });
+    node.harness.api.insert_raw(claim)?;
+    let cref = ClaimRef::new(ns, name, &uid);
+    let first = node
+        .harness
+        .kubelet
+        .prepare(RUNTIME, std::slice::from_ref(&cref))
+        .await?;
+    let ids = match first.get(&uid) {
+        Some(Ok(d)) => d
+            .iter()
+            .flat_map(|d| d.cdi_device_ids.clone())
+            .collect::<Vec<_>>(),
+        other => bail!("prepare before the restart: {other:?}"),
+    };
+    let files: Vec<std::path::PathBuf> = std::fs::read_dir(&node.cdi_dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().contains(&uid))
+        .collect();
+    let [file] = files.as_slice() else {
+        bail!("expected one CDI spec for the claim, found {files:?}");
+    };
+    let before = std::fs::read(file)?;
+    out.ok("runtime-spec claim prepared, CDI spec written");
+    let old_seq = node
+        .harness
+        .kubelet
+        .driver(RUNTIME)
+        .map(|p| p.sequence)
+        .unwrap_or_default();
+    let cdi_dir = node.cdi_dir.clone();
+    let clean = node.restart_daemon("drakit-kubelet-plugin", || {
+        for e in std::fs::read_dir(&cdi_dir)?.flatten() {
+            std::fs::remove_file(e.path())?;
+        }
+        Ok(())
+    })?;
+    if !clean {
+        bail!("drakit-kubelet-plugin did not exit on SIGTERM within 10 s");
+    }
+    out.ok("drakit-kubelet-plugin stopped on SIGTERM; CDI dir wiped; started again");
+    let kubelet = &node.harness.kubelet;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while kubelet
+        .driver(RUNTIME)
+        .map(|p| p.sequence)
+        .unwrap_or_default()
+        <= old_seq
+    {
+        if std::time::Instant::now() > deadline {
+            bail!("{RUNTIME} did not register again after the restart");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after = std::fs::read(file).with_context(|| {
+        format!(
+            "CDI spec {} not rebuilt from the checkpoint by the time the driver registered",
+            file.display()
+        )
+    })?;
+    if after != before {
+        bail!("rebuilt CDI spec differs from the one written at prepare");
+    }
+    out.ok(
+        "CDI spec rebuilt from the checkpoint, byte for byte, before the driver registered again",
+    );
+    let again = kubelet
+        .prepare(RUNTIME, std::slice::from_ref(&cref))
+        .await?;
+    let ids2 = match again.get(&uid) {
+        Some(Ok(d)) => d
+            .iter()
+            .flat_map(|d| d.cdi_device_ids.clone())
+            .collect::<Vec<_>>(),
+        other => bail!("prepare after the restart: {other:?}"),
+    };
+    if ids2 != ids {
+        bail!("prepare after the restart answered {ids2:?}, before {ids:?}");
+    }
+    out.ok("repeated prepare after the restart answers the same CDI ids");
+    match kubelet
+        .unprepare(RUNTIME, std::slice::from_ref(&cref))
+        .await?
+        .get(&uid)
+    {
+        Some(Ok(())) => {}
+        other => bail!("unprepare: {other:?}"),
+    }
+    node.harness.api.remove(Resource::ResourceClaims, ns, name);
+    if file.exists() {
+        bail!("CDI spec left after unprepare");
+    }
+    out.ok("unprepare removed the CDI spec");
+    node.check_daemons()?;
+    Ok(out)
+}
+
 fn pod_uid(seq: usize, pod: &str) -> String {
     let mut h: u64 = 1469598103934665603;
     for b in pod.bytes() {

@@ -100,13 +100,20 @@ pub struct Daemon {
     pub name: String,
     pub log: PathBuf,
     child: Option<Child>,
+    /// Program and arguments, to start it again.
+    program: std::ffi::OsString,
+    args: Vec<std::ffi::OsString>,
 }
 
 impl Daemon {
     pub fn spawn(name: &str, log_dir: &Path, mut cmd: Command) -> Result<Self> {
         std::fs::create_dir_all(log_dir)?;
         let log = log_dir.join(format!("{name}.log"));
-        let f = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let f = File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("opening {}", log.display()))?;
         let f2 = f.try_clone()?;
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(f))
@@ -120,7 +127,22 @@ impl Daemon {
             name: name.into(),
             log,
             child: Some(child),
+            program: cmd.get_program().to_owned(),
+            args: cmd.get_args().map(ToOwned::to_owned).collect(),
         })
+    }
+
+    /// Stops it (SIGTERM), runs `between`, and starts it again with the same command line; the
+    /// log is appended. Returns whether it exited on SIGTERM.
+    pub fn restart(&mut self, between: impl FnOnce() -> Result<()>) -> Result<bool> {
+        let clean = self.stop();
+        between()?;
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args);
+        let dir = self.log.parent().map(Path::to_path_buf).unwrap_or_default();
+        let fresh = Daemon::spawn(&self.name, &dir, cmd)?;
+        *self = fresh;
+        Ok(clean)
     }
 
     /// Fails when the process has exited.
