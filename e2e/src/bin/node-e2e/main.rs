@@ -63,6 +63,8 @@ fn init_logs() {
 
 /// The built-in check that is not an example (see `scenario::restart_check`).
 const RESTART: &str = "kubelet-plugin-restart";
+/// The built-in check of a runtime restart (see `scenario::nri_restart_check`).
+const NRI_RESTART: &str = "nri-runtime-restart";
 
 struct Report {
     name: String,
@@ -100,7 +102,9 @@ async fn main() -> Result<()> {
         let unknown: Vec<&String> = a
             .only
             .iter()
-            .filter(|o| *o != RESTART && !scenarios.iter().any(|s| &s.name == *o))
+            .filter(|o| {
+                *o != RESTART && *o != NRI_RESTART && !scenarios.iter().any(|s| &s.name == *o)
+            })
             .collect();
         if !unknown.is_empty() {
             bail!("no such scenario: {unknown:?}");
@@ -166,7 +170,8 @@ async fn main() -> Result<()> {
         }
     }
     let want_restart = a.only.is_empty() || a.only.iter().any(|o| o == RESTART);
-    if want_restart && !order.contains(&node::MAIN) {
+    let want_nri_restart = a.only.is_empty() || a.only.iter().any(|o| o == NRI_RESTART);
+    if (want_restart || want_nri_restart) && !order.contains(&node::MAIN) {
         order.insert(0, node::MAIN);
     }
     let mut reports = Vec::new();
@@ -265,6 +270,36 @@ async fn main() -> Result<()> {
                 node_failed = true;
             }
             reports.push(rep);
+        }
+        if want_nri_restart && profile == node::MAIN {
+            seq += 1;
+            let t = Instant::now();
+            let result = scenario::nri_restart_check(&node, seq)
+                .await
+                .map_err(|e| format!("{e:#}"));
+            println!("\n{}", hr('-'));
+            println!("check {NRI_RESTART} (node {})", profile.name);
+            println!(
+                "  what: the container runtime restarts; drakit-nri reconnects, resyncs and keeps older containers on the pool"
+            );
+            match &result {
+                Ok(o) => {
+                    for c in &o.checks {
+                        println!("  ok   {c}");
+                    }
+                    println!("  => PASS ({} ms)", t.elapsed().as_millis());
+                }
+                Err(e) => {
+                    node_failed = true;
+                    println!("  => FAIL: {e}");
+                }
+            }
+            reports.push(Report {
+                name: NRI_RESTART.into(),
+                node: profile.name,
+                result,
+                millis: t.elapsed().as_millis(),
+            });
         }
         if want_restart && profile == node::MAIN {
             seq += 1;

@@ -121,8 +121,23 @@ pub fn cpulist(s: &str) -> Result<BTreeSet<u32>> {
     Ok(out)
 }
 
+/// Kernel cpulist form: `0-3,8`.
 fn fmt_set(s: &BTreeSet<u32>) -> String {
-    s.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+    let mut parts: Vec<String> = Vec::new();
+    let mut it = s.iter().copied().peekable();
+    while let Some(a) = it.next() {
+        let mut b = a;
+        while it.peek() == Some(&(b + 1)) {
+            b += 1;
+            it.next();
+        }
+        parts.push(if a == b {
+            a.to_string()
+        } else {
+            format!("{a}-{b}")
+        });
+    }
+    parts.join(",")
 }
 
 /// A device as the selectors see it, from a slice (bare attribute names belong to the driver).
@@ -745,6 +760,133 @@ pub async fn restart_check(node: &mut Node, seq: usize) -> Result<Outcome> {
     out.ok("unprepare removed the CDI spec");
     node.check_daemons()?;
     Ok(out)
+}
+
+/// Not an example: the container runtime restarts (every NRI connection dropped, pods and
+/// containers kept); drakit-nri must reconnect and resynchronize, and a container created before
+/// the restart must still follow the shared pool (UpdateContainers) when a CPU claim takes CPUs
+/// and when it gives them back.
+pub async fn nri_restart_check(node: &Node, seq: usize) -> Result<Outcome> {
+    let mut out = Outcome::default();
+    let node_name = node.profile.name;
+    let rt = &node.rt;
+    let api = &node.harness.api;
+    let (pid, cid) = (format!("sb{seq}nri"), format!("sb{seq}nric0"));
+    let mut p = simulator::pod(&pid, "nri-restart", "default");
+    p.uid = pod_uid(seq, "nri-restart");
+    let netns = if node.net {
+        let ns = Netns::create(&format!("dke{}-{seq}-nri", node.run_id))?;
+        p.linux = Some(LinuxPodSandbox {
+            namespaces: vec![LinuxNamespace {
+                r#type: "network".into(),
+                path: ns.path().display().to_string(),
+            }],
+            ..Default::default()
+        });
+        Some(ns)
+    } else {
+        None
+    };
+    rt.run_pod_sandbox(p).await?;
+    let res = async {
+        rt.create_container(simulator::container(&cid, &pid, "app"), default_spec(&["sh"]))
+            .await?;
+        rt.start_container(&cid).await?;
+        let pool = container_cpus(rt, &cid);
+        if pool.is_empty() {
+            bail!("the container got no shared cpuset");
+        }
+        out.ok(format!("container created before the restart is on the shared pool {}", fmt_set(&pool)));
+        rt.restart().await?;
+        rt.wait_synced(2, Duration::from_secs(30))
+            .await
+            .context("drakit-nri did not reconnect and resynchronize after the runtime restart")?;
+        out.ok("runtime restarted (connections dropped); drakit-nri reconnected and resynchronized");
+        // A CPU claim now takes two CPUs of that pool.
+        let devs: Vec<String> = api
+            .slices_for(node_name, CPU)
+            .iter()
+            .flat_map(|s| s.spec.devices.clone().unwrap_or_default())
+            .map(|d| d.name)
+            .filter(|n| n.strip_prefix("cpu").and_then(|x| x.parse::<u32>().ok()).is_some_and(|x| pool.contains(&x)))
+            .take(2)
+            .collect();
+        if devs.len() < 2 {
+            bail!("fewer than 2 CPU devices published");
+        }
+        let taken: BTreeSet<u32> = devs.iter().filter_map(|n| n.strip_prefix("cpu")?.parse().ok()).collect();
+        let uid = format!("e2e{seq:05x}-0001-4000-8000-{:012x}", std::process::id());
+        let results: Vec<Value> = devs
+            .iter()
+            .map(|d| json!({"request": "r", "driver": CPU, "pool": node_name, "device": d}))
+            .collect();
+        api.insert_raw(json!({
+            "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
+            "metadata": {"name": "nri-restart-cpus", "namespace": "default", "uid": uid},
+            "spec": {"devices": {"requests": [{"name": "r", "exactly": {"deviceClassName": CPU, "count": 2}}]}},
+            "status": {"allocation": {"devices": {"results": results}},
+                       "reservedFor": [{"resource": "pods", "name": "other", "uid": pod_uid(seq, "other")}]},
+        }))?;
+        let cref = ClaimRef::new("default", "nri-restart-cpus", &uid);
+        match node.harness.kubelet.prepare(CPU, std::slice::from_ref(&cref)).await?.get(&uid) {
+            Some(Ok(_)) => {}
+            other => bail!("prepare of the CPU claim: {other:?}"),
+        }
+        let shrunk = wait_cpus(rt, &cid, |g| !g.is_empty() && g.is_disjoint(&taken)).await?;
+        out.ok(format!(
+            "after the claim took {}, the pre-restart container was updated to {}",
+            fmt_set(&taken),
+            fmt_set(&shrunk)
+        ));
+        let unprep = node.harness.kubelet.unprepare(CPU, std::slice::from_ref(&cref)).await;
+        api.remove(Resource::ResourceClaims, "default", "nri-restart-cpus");
+        match unprep?.get(&uid) {
+            Some(Ok(())) => {}
+            other => bail!("unprepare of the CPU claim: {other:?}"),
+        }
+        let grown = wait_cpus(rt, &cid, |g| taken.is_subset(g)).await?;
+        out.ok(format!("after unprepare it was updated back to {}", fmt_set(&grown)));
+        Ok(())
+    }
+    .await;
+    let _ = rt.stop_container(&cid).await;
+    let _ = rt.remove_container(&cid).await;
+    let stop = rt.stop_pod_sandbox(&pid).await;
+    let _ = rt.remove_pod_sandbox(&pid).await;
+    drop(netns);
+    res?;
+    stop?;
+    Ok(out)
+}
+
+fn container_cpus(rt: &nri::simulator::Runtime, id: &str) -> BTreeSet<u32> {
+    rt.container(id)
+        .and_then(|c| {
+            c.spec["linux"]["resources"]["cpu"]["cpus"]
+                .as_str()
+                .map(String::from)
+        })
+        .and_then(|s| cpulist(&s).ok())
+        .unwrap_or_default()
+}
+
+/// Waits (10 s) until the container's cpuset satisfies `want`.
+async fn wait_cpus(
+    rt: &nri::simulator::Runtime,
+    id: &str,
+    want: impl Fn(&BTreeSet<u32>) -> bool,
+) -> Result<BTreeSet<u32>> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = container_cpus(rt, id);
+        if want(&got) {
+            return Ok(got);
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("container {id} stayed on {}", fmt_set(&got));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn pod_uid(seq: usize, pod: &str) -> String {
@@ -1490,7 +1632,8 @@ mod tests {
 
     #[test]
     fn cpulists() {
-        assert_eq!(fmt_set(&cpulist("0-2,8").unwrap()), "0,1,2,8");
+        assert_eq!(fmt_set(&cpulist("0-2,8,10,11").unwrap()), "0-2,8,10-11");
+        assert_eq!(fmt_set(&cpulist("5").unwrap()), "5");
         assert!(cpulist("").unwrap().is_empty());
         assert!(cpulist("3-1").is_err());
         assert!(cpulist("x").is_err());
