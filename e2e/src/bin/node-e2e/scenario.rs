@@ -1050,10 +1050,11 @@ async fn run_pods(
                 );
             }
         }
-        if c.config_of_kind("CniConfig")
+        let hook_mode = c
+            .config_of_kind("CniConfig")
             .is_some_and(|v| v["attachMode"] == "hook")
-            && !e.hooks.iter().any(|h| h["hookName"] == "createRuntime")
-        {
+            || c.netdev().is_some_and(|n| n["attachMode"] == "hook");
+        if hook_mode && !e.hooks.iter().any(|h| h["hookName"] == "createRuntime") {
             bail!(
                 "claim {}: hook attach mode but no createRuntime hook in the CDI spec",
                 c.object
