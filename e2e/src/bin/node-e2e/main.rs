@@ -81,6 +81,18 @@ fn hr(c: char) -> String {
 async fn main() -> Result<()> {
     init_logs();
     let a = Args::parse();
+    // On SIGINT/SIGTERM the run is dropped: its nodes stop their daemons and delete their
+    // network namespaces on the way out.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = run(a) => r,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted (SIGINT): daemons stopped, namespaces deleted"),
+        _ = term.recv() => bail!("terminated (SIGTERM): daemons stopped, namespaces deleted"),
+    }
+}
+
+async fn run(a: Args) -> Result<()> {
     let workspace = a.workspace.canonicalize().context("workspace dir")?;
     let bin_dir = a.bin_dir.canonicalize().context("bin dir")?;
     for b in [
