@@ -452,7 +452,9 @@ fn print_report(r: &Report, s: &Scenario, demo: bool) {
                 for (title, body) in &o.story {
                     println!("\n  ## {title}");
                     for l in body.lines() {
-                        println!("     {l}");
+                        for w in wrap(l, 96) {
+                            println!("     {w}");
+                        }
                     }
                 }
                 println!();
@@ -473,6 +475,29 @@ fn print_report(r: &Report, s: &Scenario, demo: bool) {
             println!("  => FAIL: {e}");
         }
     }
+}
+
+/// Word-wraps prose longer than `width` (lines with leading spaces, i.e. YAML and command
+/// output, are left alone).
+fn wrap(line: &str, width: usize) -> Vec<String> {
+    if line.chars().count() <= width || line.starts_with(' ') {
+        return vec![line.to_string()];
+    }
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for word in line.split(' ') {
+        if !cur.is_empty() && cur.chars().count() + 1 + word.chars().count() > width {
+            out.push(std::mem::take(&mut cur));
+        }
+        if !cur.is_empty() {
+            cur.push(' ');
+        }
+        cur.push_str(word);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
 }
 
 fn dump_logs(root: &Path, out: &mut Vec<String>) {
@@ -577,4 +602,43 @@ fn journal_live(path: &Path) -> Result<BTreeSet<String>> {
         i = end;
     }
     Ok(live)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrap_keeps_words_and_leaves_indented_lines() {
+        let w = wrap("aaa bbb ccc ddd", 7);
+        assert_eq!(w, vec!["aaa bbb", "ccc ddd"]);
+        assert_eq!(wrap("  - x y z", 3), vec!["  - x y z"]);
+        assert_eq!(wrap("short", 80), vec!["short"]);
+    }
+
+    #[test]
+    fn journal_replay_keeps_only_prepared_claims() {
+        let dir = std::env::temp_dir().join(format!("node-e2e-journal-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut b = Vec::new();
+        for rec in [
+            r#"{"op":"header","version":1}"#,
+            r#"{"op":"prepared","uid":"a"}"#,
+            r#"{"op":"prepared","uid":"b"}"#,
+            r#"{"op":"unprepared","uid":"a"}"#,
+        ] {
+            b.extend((rec.len() as u32).to_le_bytes());
+            b.extend(0u32.to_le_bytes());
+            b.extend(rec.as_bytes());
+        }
+        b.extend([9, 0, 0]); // torn tail
+        let p = dir.join("checkpoint.journal");
+        std::fs::write(&p, &b).unwrap();
+        let live = journal_live(&p);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(
+            live.unwrap().into_iter().collect::<Vec<_>>(),
+            vec!["b".to_string()]
+        );
+    }
 }
