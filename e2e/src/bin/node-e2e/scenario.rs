@@ -1547,6 +1547,7 @@ async fn stop_pods(
     pods.sort_by_key(|p| !p.has_claims);
     let freed: BTreeSet<u32> = claims.iter().flat_map(|c| c.exclusive_cpus()).collect();
     let mut unprepared_cpu = false;
+    let had_netns = pods.iter().any(|p| p.netns.is_some());
     while let Some(p) = (!pods.is_empty()).then(|| pods.remove(0)) {
         if !p.has_claims && !unprepared_cpu && !freed.is_empty() {
             // The claimed pods are gone: unprepare their CPU claims now (the kubelet would).
@@ -1620,7 +1621,11 @@ async fn stop_pods(
         drop(p);
     }
     if errs.is_empty() {
-        out.ok("pods stopped: DetachPod emptied every pod netns");
+        out.ok(if had_netns {
+            "containers and sandboxes stopped and removed; every pod netns holds nothing but lo (DetachPod)"
+        } else {
+            "containers and sandboxes stopped and removed"
+        });
         Ok(())
     } else {
         bail!("{}", errs.join("; "))
