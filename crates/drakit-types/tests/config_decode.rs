@@ -272,6 +272,7 @@ fn malformed_configs_fail_with_path_and_reason() {
         ("pkey on sriov", netdev(json!({"kind": "sriov-vf", "pkey": 1})), "netdev.pkey", "pkey is not valid for kind sriov-vf"),
         ("mac on ipvlan", netdev(json!({"kind": "ipvlan", "parent": "eth0", "mac": "02:00:00:00:00:01"})), "netdev.mac", "mac is not valid for kind ipvlan"),
         ("hostInterfaceName on host-device", netdev(json!({"kind": "host-device", "hostInterfaceName": "x"})), "netdev.hostInterfaceName", "not valid for kind host-device"),
+        ("hostInterfaceName on veth (not supported yet)", netdev(json!({"kind": "veth", "hostInterfaceName": "vh0"})), "netdev.hostInterfaceName", "not supported yet"),
         ("ipvlan mode on macvlan", netdev(json!({"kind": "macvlan", "parent": "eth0", "mode": "l2"})), "netdev.mode", "l2 is not a macvlan mode"),
         ("macvlan mode on ipvlan", netdev(json!({"kind": "ipvlan", "parent": "eth0", "mode": "vepa"})), "netdev.mode", "vepa is not a ipvlan mode"),
         ("macvlan without parent", netdev(json!({"kind": "macvlan"})), "netdev.parent", "required for kind macvlan"),

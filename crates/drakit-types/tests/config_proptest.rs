@@ -281,7 +281,6 @@ fn valid_netdev() -> impl Strategy<Value = Value> {
                     }
                     "veth" => {
                         n["master"] = Value::from("br0");
-                        n["hostInterfaceName"] = Value::from("vh0");
                     }
                     "sriov-vf" => {
                         n["vlan"] = Value::from(vlan);

@@ -43,11 +43,16 @@ pub struct CniRuntime {
 }
 
 /// Identity of one attachment.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct CniArgs {
     pub container_id: String,
     pub netns: PathBuf,
     pub ifname: String,
+    /// Extra `CNI_ARGS` pairs (`K=V;K2=V2`), in key order.
+    pub extra_args: std::collections::BTreeMap<String, String>,
+    /// Capability arguments: each plugin that declares a capability (`"capabilities":
+    /// {"mac": true}`) gets its value under `runtimeConfig`, as the CNI spec says.
+    pub capability_args: Map<String, Value>,
 }
 
 /// What a successful ADD reported for the pod interface.
@@ -157,6 +162,27 @@ impl CniRuntime {
         if let Some(p) = prev {
             stdin_conf.insert("prevResult".into(), p.clone());
         }
+        let runtime_config: Map<String, Value> = plugin
+            .get("capabilities")
+            .and_then(Value::as_object)
+            .map(|caps| {
+                caps.iter()
+                    .filter(|(_, on)| on.as_bool() == Some(true))
+                    .filter_map(|(k, _)| {
+                        args.capability_args.get(k).map(|v| (k.clone(), v.clone()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !runtime_config.is_empty() {
+            stdin_conf.insert("runtimeConfig".into(), Value::Object(runtime_config));
+        }
+        let cni_args = args
+            .extra_args
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(";");
         let input = Value::Object(stdin_conf).to_string();
         let path = self
             .bin_dirs
@@ -171,6 +197,7 @@ impl CniRuntime {
             .env("CNI_NETNS", &args.netns)
             .env("CNI_IFNAME", &args.ifname)
             .env("CNI_PATH", &path)
+            .env("CNI_ARGS", &cni_args)
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

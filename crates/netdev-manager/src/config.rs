@@ -90,12 +90,18 @@ pub enum AttachMode {
 pub struct RouteConfig {
     pub dst: IpNet,
     pub gateway: Option<std::net::IpAddr>,
+    /// Route priority; lower wins.
+    #[serde(default)]
+    pub metric: Option<u32>,
 }
 
 /// SR-IOV settings applied on the PF for the VF.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VfConfig {
     pub vlan: Option<u16>,
+    /// 802.1p priority for `vlan` (0..=7).
+    #[serde(default)]
+    pub qos: Option<u8>,
     pub trust: Option<bool>,
     pub spoofchk: Option<bool>,
 }
@@ -120,6 +126,12 @@ pub struct DeviceConfig {
     pub attach_mode: Option<AttachMode>,
     /// CNI: the network configuration list (JSON object).
     pub cni_conflist: Option<String>,
+    /// CNI: extra `CNI_ARGS` pairs.
+    #[serde(default)]
+    pub cni_args: std::collections::BTreeMap<String, String>,
+    /// CNI: capability arguments, handed as `runtimeConfig` to plugins declaring the capability.
+    #[serde(default)]
+    pub cni_capability_args: Map<String, Value>,
 }
 
 fn get<'a>(objs: &[&'a Map<String, Value>], keys: &[&str]) -> Option<(&'a Value, String)> {
@@ -270,9 +282,18 @@ pub fn decode(json: &str) -> Result<DeviceConfig, ConfigError> {
                 })?),
                 None => None,
             };
+            let metric = match o.get("metric") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(
+                    v.as_u64()
+                        .and_then(|n| u32::try_from(n).ok())
+                        .ok_or_else(|| ferr(&format!("{p}.metric"), "must be 0..=4294967295"))?,
+                ),
+            };
             c.routes.push(RouteConfig {
                 dst: dst.network(),
                 gateway,
+                metric,
             });
         }
     }
@@ -343,6 +364,22 @@ pub fn decode(json: &str) -> Result<DeviceConfig, ConfigError> {
                 .ok_or_else(|| ferr(&f, "must be 0..4094"))?,
         );
     }
+    if let Some((v, f)) = get(&objs, &["vlanQos"]) {
+        c.vf.qos = Some(
+            v.as_u64()
+                .filter(|n| *n <= 7)
+                .and_then(|n| u8::try_from(n).ok())
+                .ok_or_else(|| ferr(&f, "must be 0..7"))?,
+        );
+    }
+    if let Some((_, f)) = get(&objs, &["hostInterfaceName"]) {
+        // The host end carries a name derived from the claim so that a crash can always be
+        // cleaned up; a chosen name is not supported yet and is refused rather than ignored.
+        return Err(ferr(
+            &f,
+            "choosing the veth host end's name is not supported by this drakit-netdev (it is derived from the claim); remove the field",
+        ));
+    }
     for (k, slot) in [("trust", 0), ("spoofchk", 1), ("spoofChk", 1)] {
         if let Some((v, f)) = get(&objs, &[k]) {
             let b = v
@@ -375,6 +412,31 @@ pub fn decode(json: &str) -> Result<DeviceConfig, ConfigError> {
             }
         };
         c.cni_conflist = Some(text);
+    }
+    if c.cni_conflist.is_some() {
+        if let Some(args) = top.get("args").filter(|v| !v.is_null()) {
+            let m = args
+                .as_object()
+                .ok_or_else(|| ferr("args", "must be an object of strings"))?;
+            for (k, v) in m {
+                let v = v
+                    .as_str()
+                    .ok_or_else(|| ferr(&format!("args.{k}"), "must be a string"))?;
+                if k.contains([';', '=', '\0']) || v.contains([';', '\0']) {
+                    return Err(ferr(
+                        &format!("args.{k}"),
+                        "must not contain ';', '=' or NUL",
+                    ));
+                }
+                c.cni_args.insert(k.clone(), v.to_string());
+            }
+        }
+        if let Some(caps) = top.get("capabilityArgs").filter(|v| !v.is_null()) {
+            c.cni_capability_args = caps
+                .as_object()
+                .cloned()
+                .ok_or_else(|| ferr("capabilityArgs", "must be an object"))?;
+        }
     }
     if c.kind == Some(NetKind::Cni) && c.cni_conflist.is_none() {
         return Err(ferr("conflist", "required for a CNI claim"));
@@ -476,5 +538,34 @@ mod tests {
         }
         assert!(matches!(decode("[1]"), Err(ConfigError::Json(_))));
         assert!(matches!(decode("{"), Err(ConfigError::Json(_))));
+    }
+
+    #[test]
+    fn metric_qos_and_cni_args_are_read_and_host_name_refused() {
+        let c = decode(
+            r#"{"apiVersion":"drakit.dev/v1alpha1","kind":"NetdevConfig","netdev":{"kind":"macvlan",
+                "interfaceName":"net1","parent":"eth0","addresses":["192.0.2.2/24"],
+                "routes":[{"dst":"198.51.100.0/24","gateway":"192.0.2.1","metric":100}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.routes[0].metric, Some(100));
+        let c = decode(
+            r#"{"apiVersion":"drakit.dev/v1alpha1","kind":"NetdevConfig","netdev":{"kind":"sriov-vf",
+                "vlan":100,"vlanQos":3}}"#,
+        )
+        .unwrap();
+        assert_eq!((c.vf.vlan, c.vf.qos), (Some(100), Some(3)));
+        let e = decode(
+            r#"{"apiVersion":"drakit.dev/v1alpha1","kind":"NetdevConfig","netdev":{"kind":"veth",
+                "interfaceName":"net1","hostInterfaceName":"vh0"}}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("hostInterfaceName"), "{e}");
+        let e = decode(
+            r#"{"kind":"cni","interfaceName":"net2","conflist":{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"x"}]},
+                "args":{"A;B":"1"}}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("args.A;B"), "{e}");
     }
 }

@@ -951,6 +951,7 @@ impl<N: Netlink, S: Store> Manager<N, S> {
                 dst: r.dst,
                 gateway: r.gateway,
                 oif: idx,
+                metric: r.metric,
             })
             .await?;
         }
@@ -979,6 +980,8 @@ impl<N: Netlink, S: Store> Manager<N, S> {
                 container_id: cni_container_id(att, uid),
                 netns: att.netns.clone(),
                 ifname: d.ifname.clone(),
+                extra_args: d.cfg.cni_args.clone(),
+                capability_args: d.cfg.cni_capability_args.clone(),
             };
             let conf = d.cfg.cni_conflist.clone().unwrap_or_default();
             let out =
@@ -1072,6 +1075,7 @@ impl<N: Netlink, S: Store> Manager<N, S> {
                 let s = VfSettings {
                     mac: d.cfg.mac,
                     vlan: d.cfg.vf.vlan,
+                    qos: d.cfg.vf.qos,
                     trust: d.cfg.vf.trust,
                     spoofchk: d.cfg.vf.spoofchk,
                 };
@@ -1171,6 +1175,8 @@ impl<N: Netlink, S: Store> Manager<N, S> {
                 container_id: cni_container_id(&att, uid),
                 netns: att.netns.clone(),
                 ifname: d.ifname.clone(),
+                extra_args: d.cfg.cni_args.clone(),
+                capability_args: d.cfg.cni_capability_args.clone(),
             };
             let conf = d.cfg.cni_conflist.clone().unwrap_or_default();
             if let Err(es) = self
@@ -1437,6 +1443,8 @@ impl<N: Netlink, S: Store> Manager<N, S> {
                 container_id: cni_container_id(att, claim_uid),
                 netns: att.netns.clone(),
                 ifname: d.ifname.clone(),
+                extra_args: d.cfg.cni_args.clone(),
+                capability_args: d.cfg.cni_capability_args.clone(),
             };
             self.opts
                 .cni

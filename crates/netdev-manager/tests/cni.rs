@@ -81,6 +81,7 @@ fn bridge_and_host_local_add_then_del() {
         container_id: "dk-cni-test-1".into(),
         netns: p.path(),
         ifname: "eth1".into(),
+        ..Default::default()
     };
     let rt = CniRuntime {
         bin_dirs: vec![PathBuf::from(SYSTEM_CNI)],
@@ -165,6 +166,7 @@ fn failing_or_garbage_plugin_gives_clear_error_and_no_leftover() {
             container_id: format!("dk-{plugin}"),
             netns: p.path(),
             ifname: "eth1".into(),
+            ..Default::default()
         };
         let rt2 = rt.clone();
         let e = in_host_ns(&h, move || block_on(rt2.add(&conf, &args))).unwrap_err();
@@ -182,6 +184,7 @@ fn failing_or_garbage_plugin_gives_clear_error_and_no_leftover() {
         container_id: "x".into(),
         netns: p.path(),
         ifname: "eth1".into(),
+        ..Default::default()
     };
     let e = block_on(rt.add(conf, &args)).unwrap_err();
     assert!(e.to_string().contains("does-not-exist"), "{e}");
@@ -248,4 +251,61 @@ esac"#,
     });
     let calls = std::fs::read_to_string(tmp.path().join("calls")).unwrap();
     assert_eq!(calls, "CHECK sb-1\nDEL sb-1\n");
+}
+
+/// `args` reach the plugins as `CNI_ARGS`, `capabilityArgs` as `runtimeConfig` of exactly the
+/// plugins that declare the capability (CNI spec), decoded from a drakit `CniConfig`.
+#[test]
+fn cni_args_and_capability_args_reach_the_plugins() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let rec = tmp.path().join("rec");
+    std::fs::create_dir_all(&rec).unwrap();
+    // Each plugin records its stdin and CNI_ARGS, then answers a minimal 1.0.0 result.
+    for name in ["capable", "plain"] {
+        script(
+            &bin,
+            name,
+            &format!(
+                r#"cat > {rec}/{name}.stdin
+printf '%s' "$CNI_ARGS" > {rec}/{name}.args
+printf '{{"cniVersion":"1.0.0","interfaces":[{{"name":"net2","sandbox":"%s"}}],"ips":[{{"address":"10.9.0.2/24","interface":0}}]}}' "$CNI_NETNS""#,
+                rec = rec.display()
+            ),
+        );
+    }
+    let cfg = drakit_netdev::config::decode(
+        r#"{"apiVersion":"drakit.dev/v1alpha1","kind":"CniConfig","interfaceName":"net2",
+            "config":{"cniVersion":"1.0.0","name":"n","plugins":[
+              {"type":"capable","capabilities":{"mac":true,"ips":false}},
+              {"type":"plain"}]},
+            "args":{"K8S_POD_NETWORK":"data","B":"2"},
+            "capabilityArgs":{"mac":"02:00:00:00:00:42","ips":["10.9.0.2/24"]}}"#,
+    )
+    .unwrap();
+    let rt = CniRuntime {
+        bin_dirs: vec![bin],
+        timeout: Duration::from_secs(10),
+    };
+    let args = CniArgs {
+        container_id: "dk-args".into(),
+        netns: PathBuf::from("/var/run/netns/none"),
+        ifname: "net2".into(),
+        extra_args: cfg.cni_args.clone(),
+        capability_args: cfg.cni_capability_args.clone(),
+    };
+    let out = block_on(rt.add(cfg.cni_conflist.as_deref().unwrap(), &args)).unwrap();
+    assert_eq!(out.ips.len(), 1);
+    let read = |f: &str| std::fs::read_to_string(rec.join(f)).unwrap();
+    assert_eq!(read("capable.args"), "B=2;K8S_POD_NETWORK=data");
+    assert_eq!(read("plain.args"), "B=2;K8S_POD_NETWORK=data");
+    let capable: serde_json::Value = serde_json::from_str(&read("capable.stdin")).unwrap();
+    assert_eq!(
+        capable["runtimeConfig"],
+        serde_json::json!({"mac": "02:00:00:00:00:42"}),
+        "only the declared, enabled capability is passed"
+    );
+    let plain: serde_json::Value = serde_json::from_str(&read("plain.stdin")).unwrap();
+    assert!(plain.get("runtimeConfig").is_none(), "{plain}");
 }

@@ -92,6 +92,7 @@ async fn macvlan_create_move_configure_delete() {
     let a: IpNet = "10.99.0.2/24".parse().unwrap();
     pod.add_address(inpod.index, a).await.unwrap();
     pod.add_route(&RouteSpec {
+        metric: Some(77),
         dst: "10.100.0.0/16".parse().unwrap(),
         gateway: Some("10.99.0.1".parse().unwrap()),
         oif: inpod.index,
@@ -101,6 +102,10 @@ async fn macvlan_create_move_configure_delete() {
     assert!(pod.addresses(inpod.index).await.unwrap().contains(&a));
     let routes = p.ip(&["route", "show", "10.100.0.0/16"]);
     assert!(routes.contains("via 10.99.0.1"), "{routes}");
+    assert!(
+        routes.contains("metric 77"),
+        "route metric not applied: {routes}"
+    );
     let l = pod.find_link(&LinkId::Mac(mac)).await.unwrap().unwrap();
     assert!(l.up);
     assert_eq!(l.mtu, 1300);

@@ -225,7 +225,8 @@ pub struct NetdevSpec {
     /// veth only: host bridge to enslave the host-side end to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub master: Option<InterfaceName>,
-    /// veth only: name of the host-side end. Absent: the driver derives one from the claim.
+    /// veth only: name of the host-side end. Reserved: not supported yet and refused; the
+    /// driver names the host end after the claim (so a crash can always be cleaned up).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_interface_name: Option<InterfaceName>,
     /// sriov-vf only: VLAN ID 1..=4094 set on the VF by the physical function.
@@ -313,6 +314,15 @@ impl NetdevSpec {
             if set && !kinds.contains(&kind) {
                 return Err(not_for(field));
             }
+        }
+        if self.host_interface_name.is_some() {
+            // drakit-netdev names the host end after the claim, so that a crash can always be
+            // cleaned up; a chosen name is refused rather than silently ignored.
+            return Err(invalid(
+                join(path, "hostInterfaceName"),
+                "choosing the veth host end's name is not supported yet (drakit names it after the claim)"
+                    .to_string(),
+            ));
         }
         if let Some(m) = self.mode {
             let ok = match kind {

@@ -160,6 +160,8 @@ pub struct RouteSpec {
     pub dst: IpNet,
     pub gateway: Option<std::net::IpAddr>,
     pub oif: u32,
+    /// Route priority (`metric`); None: the kernel's default.
+    pub metric: Option<u32>,
 }
 
 /// SR-IOV settings for one VF, set through its PF.
@@ -167,6 +169,8 @@ pub struct RouteSpec {
 pub struct VfSettings {
     pub mac: Option<Mac>,
     pub vlan: Option<u16>,
+    /// 802.1p priority of `vlan`.
+    pub qos: Option<u8>,
     pub trust: Option<bool>,
     pub spoofchk: Option<bool>,
 }

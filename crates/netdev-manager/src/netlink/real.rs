@@ -426,6 +426,9 @@ impl super::Netlink for RtNetlink {
         if let Some(gw) = route.gateway {
             b = b.gateway(gw).map_err(|e| bad(e.to_string()))?;
         }
+        if let Some(m) = route.metric {
+            b = b.priority(m);
+        }
         self.handle
             .route()
             .add(b.build())
@@ -443,7 +446,11 @@ impl super::Netlink for RtNetlink {
             infos.push(VfInfo::Mac(VfInfoMac::new(vf, &m.0)));
         }
         if let Some(v) = s.vlan {
-            infos.push(VfInfo::Vlan(VfInfoVlan::new(vf, u32::from(v), 0)));
+            infos.push(VfInfo::Vlan(VfInfoVlan::new(
+                vf,
+                u32::from(v),
+                u32::from(s.qos.unwrap_or(0)),
+            )));
         }
         if let Some(t) = s.trust {
             infos.push(VfInfo::Trust(VfInfoTrust::new(vf, t)));
