@@ -78,49 +78,5 @@ pub fn proto_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto")
 }
 
-/// gRPC channels over Unix sockets, the transport of every drakit-internal service.
-pub mod uds {
-    use std::path::Path;
-
-    use hyper_util::rt::TokioIo;
-    use tokio::net::UnixStream;
-    use tonic::transport::{Channel, Endpoint, Uri};
-
-    /// A channel that connects (and reconnects) to `path` on first use. tonic requires a URI;
-    /// it names nothing here, the connector always dials the socket.
-    pub fn lazy_channel(path: &Path) -> Channel {
-        endpoint().connect_with_connector_lazy(connector(path))
-    }
-
-    /// A channel connected now, failing when the socket does not answer within `timeout`.
-    pub async fn connect(
-        path: &Path,
-        timeout: std::time::Duration,
-    ) -> Result<Channel, tonic::transport::Error> {
-        endpoint()
-            .connect_timeout(timeout)
-            .connect_with_connector(connector(path))
-            .await
-    }
-
-    fn endpoint() -> Endpoint {
-        Endpoint::from_static("http://drakit.invalid")
-    }
-
-    fn connector(
-        path: &Path,
-    ) -> impl tower::Service<
-        Uri,
-        Response = TokioIo<UnixStream>,
-        Error = std::io::Error,
-        Future = impl Future<Output = std::io::Result<TokioIo<UnixStream>>> + Send,
-    > + Clone
-    + Send
-    + 'static {
-        let path = path.to_path_buf();
-        tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move { UnixStream::connect(&path).await.map(TokioIo::new) }
-        })
-    }
-}
+/// gRPC over Unix sockets (hand-written): client channels and the daemons' server side.
+pub mod uds;
