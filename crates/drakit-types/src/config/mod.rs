@@ -512,7 +512,14 @@ pub fn merge_for_request(
             }
             Some(_) => {}
         }
-        json::merge_patch(&mut merged, &Value::Object(obj));
+        if applicable.len() == 1 {
+            // A lone entry is decoded as is: a merge patch would drop its `null` members
+            // (RFC 7386: null removes), so an unknown `"bogus": null` would pass here while
+            // decode_parameters refuses it.
+            merged = Value::Object(obj);
+        } else {
+            json::merge_patch(&mut merged, &Value::Object(obj));
+        }
     }
     let Some((_, kind)) = first else {
         return Ok(None);
