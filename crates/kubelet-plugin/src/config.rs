@@ -55,6 +55,10 @@ pub struct Config {
     /// Re-offer the registration socket this many times after a rejection, then exit.
     pub registration_retries: u32,
     pub registration_retry_delay: Duration,
+    /// The runtime-spec edit policy (YAML) the runtime driver checks claims against at prepare;
+    /// `None`: the built-in default. Must be the same file drakit-nri enforces, or a claim the
+    /// policy allows would be refused here (or one it refuses would pass prepare).
+    pub runtime_policy_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -86,6 +90,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(10),
             registration_retries: 3,
             registration_retry_delay: Duration::from_secs(1),
+            runtime_policy_file: None,
         }
     }
 }
@@ -201,6 +206,10 @@ pub struct Args {
     pub registration_retries: u32,
     #[arg(long, env = "DRAKIT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+    /// Admin policy for runtime-spec edits (YAML), the same file drakit-nri gets; the built-in
+    /// default allows resource fields only.
+    #[arg(long, env = "DRAKIT_POLICY_FILE")]
+    pub policy_file: Option<PathBuf>,
 }
 
 fn secs(s: f64) -> Duration {
@@ -258,6 +267,7 @@ impl Args {
             shutdown_grace: secs(self.shutdown_grace_seconds),
             registration_retries: self.registration_retries,
             registration_retry_delay: Duration::from_secs(1),
+            runtime_policy_file: self.policy_file,
         }
     }
 }

@@ -58,6 +58,27 @@ pub enum PluginError {
     },
     #[error("no driver enabled")]
     NoDrivers,
+    #[error("runtime-spec policy file {path}: {reason}")]
+    Policy {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+}
+
+/// The runtime-spec policy: the file when one is configured (read and checked at start, so a bad
+/// file stops the daemon instead of refusing every claim later), else the built-in default.
+fn load_runtime_policy(
+    path: Option<&std::path::Path>,
+) -> Result<drakit_types::policy::Policy, PluginError> {
+    let Some(path) = path else {
+        return Ok(drakit_types::policy::Policy::default());
+    };
+    let err = |reason: String| PluginError::Policy {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    drakit_types::policy::Policy::from_yaml(&text).map_err(|e| err(e.to_string()))
 }
 
 /// Selects ring as the process-wide rustls provider. rustls only picks one by itself when
@@ -182,12 +203,16 @@ impl Plugin {
         }
         let boot_id = read_boot_id(&config.proc_root);
         let cgroup_mode = detect_cgroup_mode(&config.cgroupfs_root);
+        let runtime_policy = load_runtime_policy(config.runtime_policy_file.as_deref())?;
         let (outcome_tx, outcomes) = mpsc::unbounded_channel();
         let mut drivers = Vec::new();
         for spec in &config.drivers {
             let name = spec.name.clone();
             let backend: Arc<dyn Backend> = match &spec.backend {
-                BackendKind::Runtime => Arc::new(RuntimeBackend::new(cgroup_mode)),
+                BackendKind::Runtime => Arc::new(RuntimeBackend::with_policy(
+                    cgroup_mode,
+                    runtime_policy.clone(),
+                )),
                 BackendKind::Socket(p) => {
                     Arc::new(GrpcBackend::new(name.clone(), p, config.backend_timeout))
                 }

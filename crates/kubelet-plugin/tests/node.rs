@@ -776,3 +776,81 @@ async fn rejected_registration_is_retried_then_fatal() {
     assert!(!reg.join(format!("{RUNTIME}-reg.sock")).exists());
     kubelet.stop();
 }
+
+/// `--policy-file`: the runtime driver checks claims against the admin's policy (the file
+/// drakit-nri also enforces), not only the built-in default; a bad file stops start-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_policy_file_is_the_one_enforced_at_prepare() {
+    let mut n = TestNode::start(true).await;
+    let policy = n.config.state_dir.with_file_name("policy.yaml");
+    std::fs::create_dir_all(policy.parent().unwrap()).unwrap();
+    // Environment edits only: the built-in default would refuse them and allow io.max.
+    std::fs::write(
+        &policy,
+        "apiVersion: drakit.dev/v1alpha1\nkind: RuntimeSpecPolicy\ndefault:\n  allowedFields: [process.env]\n",
+    )
+    .unwrap();
+    n.config.runtime_policy_file = Some(policy.clone());
+    let p = n.launch_registered().await;
+    let env = json!({"process":{"env":["TEAM=a"]}});
+    let io = json!({"linux":{"resources":{"unified":{"io.max":"8:0 rbps=1"}}}});
+    n.node
+        .api
+        .insert_claim(&runtime_claim("env", "env-uid", env))
+        .unwrap();
+    n.node
+        .api
+        .insert_claim(&runtime_claim("io", "io-uid", io))
+        .unwrap();
+    let r = n
+        .node
+        .kubelet
+        .prepare(
+            RUNTIME,
+            &[
+                ClaimRef::new("default", "env", "env-uid"),
+                ClaimRef::new("default", "io", "io-uid"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert!(r["env-uid"].is_ok(), "{:?}", r["env-uid"]);
+    let e = r["io-uid"].clone().unwrap_err();
+    assert!(
+        e.contains("claim default/io (io-uid)")
+            && e.contains("spec.linux")
+            && e.contains("not allowed by the node policy"),
+        "{e}"
+    );
+    assert!(n.cdi_spec(RUNTIME, "env-uid").is_some());
+    assert!(n.cdi_spec(RUNTIME, "io-uid").is_none());
+    p.stop().await.unwrap();
+
+    // A policy file that does not parse: start-up fails naming the file and the field.
+    std::fs::write(
+        &policy,
+        "apiVersion: drakit.dev/v1alpha1\nkind: RuntimeSpecPolicy\ndefault:\n  allowedFieldz: [process.env]\n",
+    )
+    .unwrap();
+    let client = drakit_kubelet_plugin::plugin::kube_client(n.config.kubeconfig.as_deref())
+        .await
+        .unwrap();
+    let err = match drakit_kubelet_plugin::plugin::Plugin::start(n.config.clone(), client).await {
+        Ok(_) => panic!("a malformed policy file must stop start-up"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains(&policy.display().to_string()) && err.contains("allowedFieldz"),
+        "{err}"
+    );
+    // A missing file likewise.
+    n.config.runtime_policy_file = Some(policy.with_file_name("absent.yaml"));
+    let client = drakit_kubelet_plugin::plugin::kube_client(n.config.kubeconfig.as_deref())
+        .await
+        .unwrap();
+    let err = match drakit_kubelet_plugin::plugin::Plugin::start(n.config.clone(), client).await {
+        Ok(_) => panic!("a missing policy file must stop start-up"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("absent.yaml"), "{err}");
+}
