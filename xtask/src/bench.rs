@@ -1,8 +1,10 @@
-//! `cargo xtask bench [--quick]`: every benchmark program of the workspace, built once in release,
-//! run one after the other (never in parallel: they measure latency on a shared 2-core machine).
-//! Each program's full output goes to `target/bench/<name>.txt`; lines of the form
-//! `BENCH <metric> <value> <unit>` are gathered into one table, followed by the release binary
-//! sizes. BENCHMARKS.md records medians of several such runs beside the anchors.
+//! `cargo xtask bench [--quick] [--runs N]`: every benchmark program of the workspace, built once in
+//! release, run one after the other (never in parallel: they measure latency on a shared 2-core
+//! machine); with `--runs N` the whole suite runs N times over. Each program's full output goes to
+//! `target/bench/<name>.txt` (`<name>.run<K>.txt` with several runs); lines of the form
+//! `BENCH <metric> <value> <unit>` are gathered into one table of medians (also written to
+//! `target/bench/summary.md`), followed by the release binary sizes. BENCHMARKS.md records such
+//! medians beside the anchors.
 
 use std::process::Command;
 use std::time::Instant;
@@ -109,8 +111,26 @@ fn benches(quick: bool) -> Vec<Bench> {
     v
 }
 
+/// `BENCH <metric> <value> <unit>` → (metric, value, unit).
+fn bench_line(l: &str) -> Option<(String, f64, String)> {
+    let mut it = l.split_whitespace();
+    if it.next() != Some("BENCH") {
+        return None;
+    }
+    let (m, v, u) = (it.next()?, it.next()?, it.next()?);
+    Some((m.to_string(), v.parse().ok()?, u.to_string()))
+}
+
 pub fn run(args: &[String]) -> Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
+    let runs: usize = match args.iter().position(|a| a == "--runs") {
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .filter(|n| *n >= 1)
+            .context("--runs needs a number ≥ 1")?,
+        None => 1,
+    };
     // The `bench` examples of two packages collide in target/release/examples: build each, copy.
     for (pkg, feats, name) in [
         ("nri", Some("simulator"), "nri-library"),
@@ -170,76 +190,89 @@ pub fn run(args: &[String]) -> Result<()> {
     ]))?;
     let out_dir = root().join("target/bench");
     std::fs::create_dir_all(&out_dir)?;
-    let mut table: Vec<(String, String, String, String)> = Vec::new();
+    // (bench, metric) in first-seen order, with the unit and one value per run.
+    let mut table: Vec<((String, String), String, Vec<f64>)> = Vec::new();
     let mut notes = Vec::new();
-    for b in benches(quick) {
-        if b.needs_root && !is_root() {
-            notes.push(format!(
-                "{}: skipped: needs root (network namespaces)",
-                b.name
-            ));
-            continue;
-        }
-        let dir = root().join("target/release/examples");
-        let exe = if b.example == "bench" {
-            dir.join(format!("bench-{}", b.name))
-        } else {
-            dir.join(b.example)
-        };
-        eprintln!("== {} ({} {})", b.name, exe.display(), b.args.join(" "));
-        let t = Instant::now();
-        let out = Command::new(&exe)
-            .args(&b.args)
-            .envs(b.env.iter().map(|(k, v)| (*k, v.as_str())))
-            .current_dir(root())
-            .output()
-            .with_context(|| format!("running {}", exe.display()))?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::fs::write(out_dir.join(format!("{}.txt", b.name)), &text)?;
-        print!("{text}");
-        if !out.status.success() {
-            notes.push(format!(
-                "{}: FAILED ({}) after {:.1?}",
-                b.name,
-                out.status,
-                t.elapsed()
-            ));
-            continue;
-        }
-        let mut found = false;
-        for l in text.lines() {
-            let mut it = l.split_whitespace();
-            if it.next() == Some("BENCH")
-                && let (Some(m), Some(v), Some(u)) = (it.next(), it.next(), it.next())
-            {
-                {
-                    table.push((
-                        b.name.to_string(),
-                        m.to_string(),
-                        v.to_string(),
-                        u.to_string(),
+    for run in 1..=runs {
+        for b in benches(quick) {
+            if b.needs_root && !is_root() {
+                if run == 1 {
+                    notes.push(format!(
+                        "{}: skipped: needs root (network namespaces)",
+                        b.name
                     ));
-                    found = true;
                 }
+                continue;
+            }
+            let dir = root().join("target/release/examples");
+            let exe = if b.example == "bench" {
+                dir.join(format!("bench-{}", b.name))
+            } else {
+                dir.join(b.example)
+            };
+            eprintln!(
+                "== run {run}/{runs}: {} ({} {})",
+                b.name,
+                exe.display(),
+                b.args.join(" ")
+            );
+            let t = Instant::now();
+            let out = Command::new(&exe)
+                .args(&b.args)
+                .envs(b.env.iter().map(|(k, v)| (*k, v.as_str())))
+                .current_dir(root())
+                .output()
+                .with_context(|| format!("running {}", exe.display()))?;
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let file = if runs == 1 {
+                format!("{}.txt", b.name)
+            } else {
+                format!("{}.run{run}.txt", b.name)
+            };
+            std::fs::write(out_dir.join(&file), &text)?;
+            print!("{text}");
+            if !out.status.success() {
+                notes.push(format!(
+                    "{} (run {run}): FAILED ({}) after {:.1?}",
+                    b.name,
+                    out.status,
+                    t.elapsed()
+                ));
+                continue;
+            }
+            let mut found = false;
+            for (m, v, u) in text.lines().filter_map(bench_line) {
+                let key = (b.name.to_string(), m);
+                match table.iter_mut().find(|(k, _, _)| *k == key) {
+                    Some((_, _, vals)) => vals.push(v),
+                    None => table.push((key, u, vec![v])),
+                }
+                found = true;
+            }
+            if !found && run == 1 {
+                notes.push(format!(
+                    "{}: see target/bench/{file} (its own report, {:.1?})",
+                    b.name,
+                    t.elapsed()
+                ));
             }
         }
-        if !found {
-            notes.push(format!(
-                "{}: see target/bench/{}.txt (its own report, {:.1?})",
-                b.name,
-                b.name,
-                t.elapsed()
-            ));
-        }
     }
-    println!("\n{:<18} {:<28} {:>12} unit", "bench", "metric", "value");
-    for (b, m, v, u) in &table {
-        println!("{b:<18} {m:<28} {v:>12} {u}");
+    let mut summary = format!(
+        "| bench | metric | median of {runs} | min | max | unit |\n|---|---|---|---|---|---|\n"
+    );
+    for ((b, m), u, vals) in &mut table {
+        vals.sort_by(f64::total_cmp);
+        let med = vals[vals.len() / 2];
+        let (lo, hi) = (vals[0], vals[vals.len() - 1]);
+        summary.push_str(&format!("| {b} | {m} | {med} | {lo} | {hi} | {u} |\n"));
     }
+    std::fs::write(out_dir.join("summary.md"), &summary)?;
+    println!("\n{summary}");
     println!("\nrelease binaries:");
     for bin in [
         "drakit-kubelet-plugin",

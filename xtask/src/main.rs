@@ -28,7 +28,7 @@ tasks:
   node-e2e    node-level end-to-end scenarios with real processes
   e2e         end-to-end on a real kind cluster (needs docker and kind)
   dev <comp>  rebuild one component's image and swap it into the kind cluster
-  bench       every benchmark; results are printed and summarised for BENCHMARKS.md
+  bench       every benchmark (--quick, --runs N); a table of medians for BENCHMARKS.md
   chart       helm lint + template of every toggle combination (into target/chart-renders/)
   render      regenerate manifests/install.yaml and manifests/schemas/ (--check: fail when stale)
   images      build the container images (needs docker)

@@ -28,7 +28,8 @@ fn scratch() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
 }
 
-fn stats(name: &str, target: Option<Duration>, mut samples: Vec<Duration>) {
+/// Prints one line and returns the median.
+fn stats(name: &str, target: Option<Duration>, mut samples: Vec<Duration>) -> Duration {
     samples.sort();
     let pct = |p: f64| samples[((samples.len() - 1) as f64 * p) as usize];
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
@@ -45,6 +46,7 @@ fn stats(name: &str, target: Option<Duration>, mut samples: Vec<Duration>) {
         ms(pct(0.99)),
         ms(pct(1.0)),
     );
+    pct(0.5)
 }
 
 fn time<T>(n: usize, mut f: impl FnMut() -> T) -> Vec<Duration> {
@@ -95,11 +97,12 @@ fn main() {
     let samples = time(200, || {
         inventory::build(&topo, DeviceModel::Individual, &all, 1)
     });
-    stats(
+    let p50 = stats(
         "inventory build, individual model, 1,024 devices",
         Some(Duration::from_millis(20)),
         samples,
     );
+    println!("BENCH cpu_inventory_1024_devices {} us", p50.as_micros());
     let samples = time(200, || {
         inventory::build(&topo, DeviceModel::Grouped(GroupBy::Numa), &all, 1)
     });
@@ -119,11 +122,12 @@ fn main() {
     // A fragmented node: every fourth core half taken.
     let frag: CpuSet = node3.iter().filter(|c| !(c % 8 == 0 && *c < 512)).collect();
     let samples = time(500, || alloc::pick(&topo, &frag, 64).expect("pick"));
-    stats(
+    let p50 = stats(
         "pick 64 CPUs in a fragmented NUMA node",
         Some(Duration::from_millis(1)),
         samples,
     );
+    println!("BENCH cpu_pick64_fragmented {} us", p50.as_micros());
     let samples = time(200, || alloc::pick(&topo, &all, 64).expect("pick"));
     stats(
         "pick 64 CPUs with the whole machine as the group",
@@ -147,11 +151,12 @@ fn main() {
             .expect("prepare");
         m.unprepare(&uid).expect("unprepare");
     });
-    stats(
+    let p50 = stats(
         "Manager prepare+unprepare, 64 CPUs, grouped, memory store",
         Some(Duration::from_millis(1)),
         samples,
     );
+    println!("BENCH cpu_alloc64_1024 {} us", p50.as_micros());
 
     // The same through the on-disk checkpoint journal (one append + fdatasync per change).
     let disk = tempfile::tempdir().expect("temp dir");
@@ -175,18 +180,80 @@ fn main() {
         m.unprepare(&uid).expect("unprepare");
         unprep.push(t.elapsed());
     }
-    stats(
+    let p50 = stats(
         "Manager prepare, 64 CPUs, on-disk checkpoint (durable)",
         None,
         prep,
     );
+    println!("BENCH cpu_prepare64_durable {} us", p50.as_micros());
     stats(
         "Manager unprepare, on-disk checkpoint (durable)",
         None,
         unprep,
     );
 
+    scaling();
     idle_rss();
+}
+
+/// CPU allocation as the machine grows: 64, 256 and 1,024 CPUs (same shape: SMT pairs, an L3 per
+/// 8 cores, one NUMA node per die). For each size: topology discovery, the individual-model
+/// inventory, and a Manager prepare+unprepare of a 16-CPU claim from NUMA node 0.
+fn scaling() {
+    println!("\nscaling with machine size (medians; BENCH lines for `cargo xtask bench`):");
+    for (cpus, packages, dies, cores) in [(64, 1, 1, 32), (256, 2, 2, 32), (1024, 2, 4, 64)] {
+        let dir = scratch();
+        let spec_path = dir.path().join("machine.json");
+        let spec = serde_json::json!({
+            "name": format!("scale-{cpus}"),
+            "packages": packages,
+            "diesPerPackage": dies,
+            "numaNodesPerDie": 1,
+            "smtNumbering": "split",
+            "coreGroups": [{ "cores": cores, "threads": 2, "coresPerCluster": 4, "coresPerL3": 8 }],
+        });
+        std::fs::write(&spec_path, spec.to_string()).expect("write machine description");
+        let root = dir.path().join("sys");
+        drakit_cpu::fixture::MachineSpec::load(&spec_path)
+            .expect("machine description")
+            .materialize(&root)
+            .expect("materialise");
+        let topo = Topology::discover(&root).expect("discover");
+        assert_eq!(topo.online.len(), cpus, "fixture size");
+        let med = |mut v: Vec<Duration>| {
+            v.sort();
+            v[v.len() / 2]
+        };
+        let discover = med(time(20, || Topology::discover(&root).expect("discover")));
+        let all = topo.online.clone();
+        let inv = med(time(100, || {
+            inventory::build(&topo, DeviceModel::Individual, &all, 1)
+        }));
+        let cfg = PoolConfig {
+            model: DeviceModel::Grouped(GroupBy::Numa),
+            reserved: CpuSet::parse("0").expect("list"),
+            ..Default::default()
+        };
+        let mut m =
+            Manager::new(topo.clone(), cfg, "boot", Box::new(MemoryStore::new())).expect("manager");
+        let mut i = 0u64;
+        let alloc = med(time(300, || {
+            i += 1;
+            let uid = format!("s{i}");
+            m.prepare(&grouped_request(&uid, "numa0", 16))
+                .expect("prepare");
+            m.unprepare(&uid).expect("unprepare");
+        }));
+        println!(
+            "  {cpus:>5} CPUs: discover {:.3} ms, inventory {:.3} ms, prepare+unprepare 16 CPUs {:.1} µs",
+            discover.as_secs_f64() * 1e3,
+            inv.as_secs_f64() * 1e3,
+            alloc.as_secs_f64() * 1e6
+        );
+        println!("BENCH cpu_discover_{cpus} {} us", discover.as_micros());
+        println!("BENCH cpu_inventory_{cpus} {} us", inv.as_micros());
+        println!("BENCH cpu_alloc16_{cpus} {} us", alloc.as_micros());
+    }
 }
 
 fn idle_rss() {
@@ -234,13 +301,18 @@ fn idle_rss() {
             .status();
         let _ = child.wait();
         match rss {
-            Some((rss, anon)) => println!(
-                "idle RSS of drakit-cpu ({label}): {:.1} MiB (anonymous {:.1} MiB), socket up after {:.1} ms  (target ≤ 10 MiB: {})",
-                rss as f64 / 1024.0,
-                anon as f64 / 1024.0,
-                ready.as_secs_f64() * 1e3,
-                if rss <= 10 * 1024 { "met" } else { "MISSED" }
-            ),
+            Some((rss, anon)) => {
+                if fixture.is_some() {
+                    println!("BENCH cpu_idle_rss {rss} KiB");
+                }
+                println!(
+                    "idle RSS of drakit-cpu ({label}): {:.1} MiB (anonymous {:.1} MiB), socket up after {:.1} ms  (target ≤ 10 MiB: {})",
+                    rss as f64 / 1024.0,
+                    anon as f64 / 1024.0,
+                    ready.as_secs_f64() * 1e3,
+                    if rss <= 10 * 1024 { "met" } else { "MISSED" }
+                )
+            }
             None => println!("idle RSS ({label}): skipped: could not read /proc status"),
         }
     }

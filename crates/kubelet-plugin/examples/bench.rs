@@ -1,7 +1,9 @@
 //! Benchmark (not a test): NodePrepareResources / NodeUnprepareResources latency through the
 //! real DRA socket for runtime-spec claims, with the API server stand-in on loopback; plus the
-//! pieces a prepare is made of, idle RSS, binary size and launch-to-registered time of the
-//! release binary.
+//! pieces a prepare is made of, prepare latency with 1/10/100/1,000 claims live on the node,
+//! idle RSS, RSS with every claim prepared, binary size and launch-to-registered time of the
+//! release binary. Headline figures are also printed as `BENCH <name> <value> <unit>` lines for
+//! `cargo xtask bench`.
 //!
 //! `cargo build --release -p drakit-kubelet-plugin && cargo run --release -p drakit-kubelet-plugin --example bench`
 //! Options (env): BENCH_CLAIMS (default 1000).
@@ -30,7 +32,8 @@ fn ms(d: Duration) -> String {
     format!("{:.3}", d.as_secs_f64() * 1e3)
 }
 
-fn report(label: &str, v: &mut [Duration]) {
+/// Prints one table row and returns (p50, p99).
+fn report(label: &str, v: &mut [Duration]) -> (Duration, Duration) {
     let (a, b, c) = (pct(v, 0.5), pct(v, 0.9), pct(v, 0.99));
     println!(
         "| {label} | {} | {} | {} | {} |",
@@ -39,6 +42,11 @@ fn report(label: &str, v: &mut [Duration]) {
         ms(b),
         ms(c)
     );
+    (a, c)
+}
+
+fn bench_line(name: &str, d: Duration) {
+    println!("BENCH {name} {} us", d.as_micros());
 }
 
 struct Setup {
@@ -145,9 +153,21 @@ async fn run_prepare(s: &Setup, files: bool, claims: usize, prefix: &str) {
         assert!(r.claims.values().all(|c| c.error.is_empty()));
     }
     let mode = if files { "files on" } else { "files off" };
-    report(&format!("prepare, 1 claim/call, {mode}"), &mut prep);
-    report(&format!("unprepare, 1 claim/call, {mode}"), &mut unprep);
-    report(&format!("prepare, 10 claims/call, {mode}"), &mut batch);
+    let p = report(&format!("prepare, 1 claim/call, {mode}"), &mut prep);
+    let u = report(&format!("unprepare, 1 claim/call, {mode}"), &mut unprep);
+    let b = report(&format!("prepare, 10 claims/call, {mode}"), &mut batch);
+    // The headline (checkpoint on disk, CDI on tmpfs) and the no-files variant go to the table.
+    let key = match prefix {
+        "a" => Some("kp"),
+        "b" => Some("kp_nofiles"),
+        _ => None,
+    };
+    if let Some(k) = key {
+        bench_line(&format!("{k}_prepare_p50"), p.0);
+        bench_line(&format!("{k}_prepare_p99"), p.1);
+        bench_line(&format!("{k}_unprepare_p50"), u.0);
+        bench_line(&format!("{k}_prepare10_p50"), b.0);
+    }
     plugin.shutdown().await;
 }
 
@@ -208,6 +228,69 @@ async fn pieces(s: &Setup, n: usize, state_parent: &Path, cdi_parent: &Path) {
     }
 }
 
+/// Prepare latency as the node fills up: with 1, 10, 100 and 1,000 claims prepared and live, 100
+/// further claims are each prepared and unprepared again; the median per level shows how a
+/// prepare's cost grows with the live claims (the checkpoint journal and the CDI dir both grow).
+async fn scaling(state_parent: &Path, cdi_parent: &Path, max_live: usize) {
+    const PROBES: usize = 100;
+    let s = setup(state_parent, cdi_parent, max_live + PROBES, "s").await;
+    let mut config = s.config.clone();
+    config.publish_slices = false;
+    let client = kube_client(config.kubeconfig.as_deref())
+        .await
+        .expect("client");
+    let dra_sock = config.plugins_dir.join(DRIVER).join("dra.sock");
+    let plugin = Plugin::start(config.clone(), client).await.expect("plugin");
+    let mut c = v1::dra_plugin_client::DraPluginClient::new(
+        drakit_kubelet_plugin::sockets::unix_channel(&dra_sock),
+    );
+    let claim = |i: usize| v1::Claim {
+        namespace: "bench".into(),
+        uid: format!("s-uid-{i:05}"),
+        name: format!("s{i}"),
+    };
+    println!("| (prepare with N claims live; checkpoint on ext4, CDI on tmpfs) | | | | |");
+    let mut live = 0;
+    for level in [1usize, 10, 100, 1000]
+        .into_iter()
+        .filter(|l| *l <= max_live)
+    {
+        while live < level {
+            let r = c
+                .node_prepare_resources(v1::NodePrepareResourcesRequest {
+                    claims: vec![claim(live)],
+                })
+                .await
+                .expect("prepare")
+                .into_inner();
+            assert!(r.claims.values().all(|c| c.error.is_empty()));
+            live += 1;
+        }
+        let mut prep = Vec::new();
+        for i in max_live..max_live + PROBES {
+            let t = Instant::now();
+            let r = c
+                .node_prepare_resources(v1::NodePrepareResourcesRequest {
+                    claims: vec![claim(i)],
+                })
+                .await
+                .expect("prepare")
+                .into_inner();
+            prep.push(t.elapsed());
+            assert!(r.claims.values().all(|c| c.error.is_empty()));
+            c.node_unprepare_resources(v1::NodeUnprepareResourcesRequest {
+                claims: vec![claim(i)],
+            })
+            .await
+            .expect("unprepare");
+        }
+        let (p50, _) = report(&format!("prepare with {level} live claims"), &mut prep);
+        bench_line(&format!("kp_prepare_live_{level}_p50"), p50);
+    }
+    plugin.shutdown().await;
+    let _ = std::fs::remove_dir_all(&s.config.cdi_dir);
+}
+
 fn rss_kib(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
@@ -218,7 +301,7 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
-async fn binary(state_parent: &Path) {
+async fn binary(state_parent: &Path, claims: usize) {
     let exe = std::env::current_exe().ok().and_then(|p| {
         // target/release/examples/bench → target/release/drakit-kubelet-plugin
         Some(p.parent()?.parent()?.join("drakit-kubelet-plugin"))
@@ -229,12 +312,13 @@ async fn binary(state_parent: &Path) {
     };
     let size = std::fs::metadata(&exe).map(|m| m.len()).unwrap_or(0);
     println!("binary: {} ({:.1} MB)", exe.display(), size as f64 / 1e6);
-    let s = setup(state_parent, Path::new("/dev/shm"), 1, "l").await;
+    let s = setup(state_parent, Path::new("/dev/shm"), claims, "l").await;
     let c = &s.config;
     let reg = c.registry_dir.join(format!("{DRIVER}-reg.sock"));
     let mut launches = Vec::new();
     let mut rss = Vec::new();
-    for _ in 0..5 {
+    let mut loaded = None;
+    for round in 0..5 {
         let t = Instant::now();
         let mut child = std::process::Command::new(&exe)
             .args([
@@ -296,6 +380,43 @@ async fn binary(state_parent: &Path) {
         if let Some(r) = rss_kib(child.id()) {
             rss.push(r);
         }
+        if round == 4 {
+            // RSS with every claim prepared (checkpoint and CDI specs for all of them).
+            let dra_sock = c.plugins_dir.join(DRIVER).join("dra.sock");
+            let mut dra = v1::dra_plugin_client::DraPluginClient::new(
+                drakit_kubelet_plugin::sockets::unix_channel(&dra_sock),
+            );
+            let mut ok = 0;
+            for i in 0..claims {
+                let claim = v1::Claim {
+                    namespace: "bench".into(),
+                    uid: format!("l-uid-{i:05}"),
+                    name: format!("l{i}"),
+                };
+                if let Ok(r) = dra
+                    .node_prepare_resources(v1::NodePrepareResourcesRequest {
+                        claims: vec![claim],
+                    })
+                    .await
+                    && r.into_inner().claims.values().all(|c| c.error.is_empty())
+                {
+                    ok += 1;
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            loaded = rss_kib(child.id()).map(|r| (ok, r));
+            for i in 0..claims {
+                let _ = dra
+                    .node_unprepare_resources(v1::NodeUnprepareResourcesRequest {
+                        claims: vec![v1::Claim {
+                            namespace: "bench".into(),
+                            uid: format!("l-uid-{i:05}"),
+                            name: format!("l{i}"),
+                        }],
+                    })
+                    .await;
+            }
+        }
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
@@ -303,9 +424,23 @@ async fn binary(state_parent: &Path) {
         let _ = child.wait();
         let _ = std::fs::remove_file(&reg);
     }
-    report("launch to registered (GetInfo answered)", &mut launches);
+    let (launch, _) = report("launch to registered (GetInfo answered)", &mut launches);
+    bench_line("kp_launch_p50", launch);
     rss.sort();
     println!("idle RSS after registration (KiB, 5 launches): {rss:?}");
+    if let Some(r) = rss.get(rss.len() / 2) {
+        println!("BENCH kp_idle_rss {r} KiB");
+    }
+    match loaded {
+        Some((ok, r)) if ok == claims => {
+            println!("RSS with {claims} claims prepared: {r} KiB");
+            println!("BENCH kp_rss_{claims}_claims {r} KiB");
+        }
+        Some((ok, _)) => {
+            println!("RSS with claims prepared: only {ok} of {claims} prepared; not reported")
+        }
+        None => println!("RSS with claims prepared: could not read /proc status"),
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -332,5 +467,6 @@ async fn main() {
         let _ = std::fs::remove_dir_all(&s.config.cdi_dir);
         drop(s.api);
     }
-    binary(&disk).await;
+    scaling(&disk, &shm, claims).await;
+    binary(&disk, claims).await;
 }

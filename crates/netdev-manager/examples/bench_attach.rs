@@ -162,11 +162,10 @@ async fn main() -> Result<(), String> {
         ("detach", &mut td),
         ("unprepare", &mut tu),
     ] {
-        println!(
-            "{name:>10}: p50 {:.3} ms  p99 {:.3} ms",
-            pct(v, 0.5),
-            pct(v, 0.99)
-        );
+        let (p50, p99) = (pct(v, 0.5), pct(v, 0.99));
+        println!("{name:>10}: p50 {p50:.3} ms  p99 {p99:.3} ms");
+        println!("BENCH netdev_{name}_p50 {:.0} us", p50 * 1e3);
+        println!("BENCH netdev_{name}_p99 {:.0} us", p99 * 1e3);
     }
     drop(m);
 
@@ -211,7 +210,10 @@ async fn main() -> Result<(), String> {
                 .status();
             let _ = child.wait();
             match rss {
-                Some(k) => println!("idle RSS: {k} KiB ({:.1} MiB)", k as f64 / 1024.0),
+                Some(k) => {
+                    println!("idle RSS: {k} KiB ({:.1} MiB)", k as f64 / 1024.0);
+                    println!("BENCH netdev_idle_rss {k} KiB");
+                }
                 None => println!("idle RSS: unavailable"),
             }
         }
