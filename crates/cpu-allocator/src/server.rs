@@ -1,10 +1,12 @@
 //! The `drakit.v1.Backend` and `drakit.v1.CpuPool` services over a Unix socket.
 //!
-//! The socket directory is created 0700 when missing and the socket is 0600; every accepted
-//! connection's peer credentials (SO_PEERCRED) are checked against the allowed uids (root
-//! always) and refused connections are closed before any byte is read.
+//! Socket handling is `drakit_proto::uds::server`, shared with drakit-netdev: the socket
+//! directory is created 0700 when missing and the socket is 0600; every accepted connection's
+//! peer credentials (SO_PEERCRED) are checked against the allowed uids (root always) and refused
+//! connections are closed before any byte is read. Requests over
+//! [`uds::MAX_REQUEST_BYTES`] are refused.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
@@ -14,23 +16,19 @@ use drakit_proto::drakit::{
     CpuPoolState, CpuPoolWatchRequest, Inventory, PrepareRequest, PrepareResponse,
     UnprepareRequest, UnprepareResponse, WatchDevicesRequest,
 };
+use drakit_proto::uds::server as uds;
 use futures::Stream;
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use crate::state::{Manager, PrepareError};
-use crate::store::create_private_dir;
 
 /// Errors setting up or running the server.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("socket {path}: {source}")]
-    Socket {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Socket(#[from] uds::BindError),
     #[error("serving: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -226,54 +224,10 @@ impl PeerPolicy {
     }
 }
 
-/// Binds the socket: parent dir created 0700 if missing, stale socket removed, socket 0600.
+/// Binds the socket with [`drakit_proto::uds::server::bind`]: parent dir created 0700 if
+/// missing, a stale socket replaced (nothing else), socket 0600.
 pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
-    use std::os::unix::fs::PermissionsExt;
-    let err = |source| ServerError::Socket {
-        path: path.to_path_buf(),
-        source,
-    };
-    if let Some(dir) = path.parent() {
-        create_private_dir(dir).map_err(err)?;
-    }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(err(e)),
-    }
-    let listener = UnixListener::bind(path).map_err(err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
-    Ok(listener)
-}
-
-/// Accepted connections whose peer passes the policy.
-fn checked_incoming(
-    listener: UnixListener,
-    policy: PeerPolicy,
-) -> impl Stream<Item = Result<UnixStream, std::io::Error>> {
-    futures::stream::unfold((listener, policy), |(listener, policy)| async move {
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => match stream.peer_cred() {
-                    Ok(cred) if policy.allows(cred.uid()) => {
-                        return Some((Ok(stream), (listener, policy)));
-                    }
-                    Ok(cred) => {
-                        tracing::warn!(
-                            uid = cred.uid(),
-                            pid = ?cred.pid(),
-                            "refused connection from a peer that is not allowed"
-                        );
-                    }
-                    Err(e) => tracing::warn!("refused connection: peer credentials: {e}"),
-                },
-                Err(e) => {
-                    tracing::warn!("accept: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            }
-        }
-    })
+    Ok(uds::bind(path)?)
 }
 
 /// How long open calls may take to finish after the shutdown signal.
@@ -288,7 +242,7 @@ pub async fn serve(
     policy: PeerPolicy,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
-    let incoming = checked_incoming(listener, policy);
+    let incoming = uds::incoming(listener, uds::PeerPolicy::root_and(policy.allowed_uids));
     let fired = Arc::new(tokio::sync::Notify::new());
     let signal = {
         let fired = fired.clone();
@@ -300,8 +254,10 @@ pub async fn serve(
         }
     };
     let server = tonic::transport::Server::builder()
-        .add_service(BackendServer::new(service.clone()))
-        .add_service(CpuPoolServer::new(service))
+        .add_service(
+            BackendServer::new(service.clone()).max_decoding_message_size(uds::MAX_REQUEST_BYTES),
+        )
+        .add_service(CpuPoolServer::new(service).max_decoding_message_size(uds::MAX_REQUEST_BYTES))
         .serve_with_incoming_shutdown(incoming, signal);
     tokio::pin!(server);
     let result = tokio::select! {
@@ -314,10 +270,6 @@ pub async fn serve(
             Ok(())
         }
     };
-    if let Err(e) = std::fs::remove_file(path)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::warn!("removing socket {}: {e}", path.display());
-    }
+    uds::remove(path);
     result.map_err(ServerError::from)
 }

@@ -1,8 +1,9 @@
-//! gRPC services (`drakit.v1.Backend`, `drakit.v1.NetdevAttach`) over a Unix socket with a
-//! peer-credential check, and the client the OCI hook uses.
+//! gRPC services (`drakit.v1.Backend`, `drakit.v1.NetdevAttach`) over a Unix socket, and the
+//! client the OCI hook uses. Socket handling is `drakit_proto::uds::server`, shared with
+//! drakit-cpu: directory 0700 when created, socket 0600, callers admitted by SO_PEERCRED uid
+//! (exactly the `--allowed-uids` list), requests over [`uds::MAX_REQUEST_BYTES`] refused.
 
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,8 +12,9 @@ use drakit_proto::drakit as pb;
 use drakit_proto::drakit::backend_server::{Backend, BackendServer};
 use drakit_proto::drakit::netdev_attach_client::NetdevAttachClient;
 use drakit_proto::drakit::netdev_attach_server::{NetdevAttach, NetdevAttachServer};
+use drakit_proto::uds::server as uds;
 use futures::Stream;
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixStream;
 use tonic::{Request, Response, Status};
 
 use crate::manager::{Manager, ManagerError};
@@ -22,13 +24,8 @@ use crate::store::Store;
 /// Errors from setting up or running the server.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] uds::BindError),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -69,8 +66,13 @@ impl<N: Netlink, S: Store> NetdevService<N, S> {
     /// A tonic router carrying both services.
     pub fn router(&self) -> tonic::transport::server::Router {
         tonic::transport::Server::builder()
-            .add_service(BackendServer::new(self.clone()))
-            .add_service(NetdevAttachServer::new(self.clone()))
+            .add_service(
+                BackendServer::new(self.clone()).max_decoding_message_size(uds::MAX_REQUEST_BYTES),
+            )
+            .add_service(
+                NetdevAttachServer::new(self.clone())
+                    .max_decoding_message_size(uds::MAX_REQUEST_BYTES),
+            )
     }
 }
 
@@ -160,56 +162,6 @@ impl<N: Netlink, S: Store> NetdevAttach for NetdevService<N, S> {
     }
 }
 
-/// Binds `path` (parent dir 0700, socket 0600), replacing a stale socket.
-pub fn bind_unix(path: &Path) -> Result<UnixListener, ServerError> {
-    let io = |op, source| ServerError::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| io("create dir for", e))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| io("chmod dir of", e))?;
-    }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io("remove stale", e)),
-    }
-    let l = UnixListener::bind(path).map_err(|e| io("bind", e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| io("chmod", e))?;
-    Ok(l)
-}
-
-/// Accepted connections whose peer uid is in `allowed` (SO_PEERCRED); others are dropped.
-pub fn checked_incoming(
-    listener: UnixListener,
-    allowed: Vec<u32>,
-) -> impl Stream<Item = Result<UnixStream, std::io::Error>> + Send + 'static {
-    futures::stream::unfold((listener, allowed), |(l, allowed)| async move {
-        loop {
-            match l.accept().await {
-                Ok((s, _)) => match s.peer_cred() {
-                    Ok(c) if allowed.contains(&c.uid()) => return Some((Ok(s), (l, allowed))),
-                    Ok(c) => {
-                        tracing::warn!(uid = c.uid(), pid = ?c.pid(), "refused connection from a disallowed uid")
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "refused connection without peer credentials")
-                    }
-                },
-                Err(e) => return Some((Err(e), (l, allowed))),
-            }
-        }
-    })
-}
-
 /// How long open calls (e.g. WatchDevices streams) may drain after shutdown is asked for.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
@@ -221,15 +173,16 @@ pub async fn serve<N: Netlink, S: Store>(
     allowed_uids: Vec<u32>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
-    let l = bind_unix(path)?;
+    let l = uds::bind(path)?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
         let _ = tx.send(());
     };
-    let server = svc
-        .router()
-        .serve_with_incoming_shutdown(checked_incoming(l, allowed_uids), signal);
+    let server = svc.router().serve_with_incoming_shutdown(
+        uds::incoming(l, uds::PeerPolicy::only(allowed_uids)),
+        signal,
+    );
     tokio::pin!(server);
     let res = tokio::select! {
         r = &mut server => r.map_err(ServerError::from),
@@ -243,7 +196,7 @@ pub async fn serve<N: Netlink, S: Store>(
             Ok(())
         }
     };
-    let _ = std::fs::remove_file(path);
+    uds::remove(path);
     res
 }
 
