@@ -15,8 +15,10 @@ use tokio::time::Instant;
 use super::{DraVersion, Instance, RegisteredPlugin, RegistrationEvent, Shared, slices};
 use crate::grpc;
 
-/// Identity of a socket file: a remove + re-create between two scans shows as a new inode.
-type FileId = (u64, u64);
+/// Identity of a socket file: a remove + re-create between two scans shows as a new inode, or,
+/// when the file system hands out the freed inode number again (a plugin that crashed and
+/// re-binds at once), as a new change time.
+type FileId = (u64, u64, i64, i64);
 
 #[derive(Debug)]
 enum Seen {
@@ -73,7 +75,10 @@ fn list_sockets(dir: &Path) -> BTreeMap<PathBuf, FileId> {
         if !meta.file_type().is_socket() {
             continue;
         }
-        found.insert(entry.path(), (meta.dev(), meta.ino()));
+        found.insert(
+            entry.path(),
+            (meta.dev(), meta.ino(), meta.ctime(), meta.ctime_nsec()),
+        );
     }
     found
 }
