@@ -8,6 +8,7 @@ use std::time::Duration;
 use drakit_proto::dra::{v1, v1beta1};
 use drakit_proto::health::{v1 as hv1, v1alpha1 as hv1alpha1};
 use drakit_proto::pluginregistration::registration_server::RegistrationServer;
+use drakit_proto::uds::server::MAX_REQUEST_BYTES;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -156,7 +157,7 @@ fn start_registration(
     let name = driver.to_owned();
     let task = tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
-            .add_service(RegistrationServer::new(svc))
+            .add_service(RegistrationServer::new(svc).max_decoding_message_size(MAX_REQUEST_BYTES))
             .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped(rx))
             .await;
         if let Err(e) = r {
@@ -268,15 +269,23 @@ impl Plugin {
             let dname = name.clone();
             let dra_task = tokio::spawn(async move {
                 let r = tonic::transport::Server::builder()
-                    .add_service(v1::dra_plugin_server::DraPluginServer::new(dra.clone()))
-                    .add_service(v1beta1::dra_plugin_server::DraPluginServer::new(dra))
+                    .add_service(
+                        v1::dra_plugin_server::DraPluginServer::new(dra.clone())
+                            .max_decoding_message_size(MAX_REQUEST_BYTES),
+                    )
+                    .add_service(
+                        v1beta1::dra_plugin_server::DraPluginServer::new(dra)
+                            .max_decoding_message_size(MAX_REQUEST_BYTES),
+                    )
                     .add_service(
                         hv1alpha1::dra_resource_health_server::DraResourceHealthServer::new(
                             health.clone(),
-                        ),
+                        )
+                        .max_decoding_message_size(MAX_REQUEST_BYTES),
                     )
                     .add_service(
-                        hv1::dra_resource_health_server::DraResourceHealthServer::new(health),
+                        hv1::dra_resource_health_server::DraResourceHealthServer::new(health)
+                            .max_decoding_message_size(MAX_REQUEST_BYTES),
                     )
                     .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
                     .await;
