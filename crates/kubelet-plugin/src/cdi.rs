@@ -233,6 +233,7 @@ impl CdiWriter {
         let mut f = std::fs::File::create(&tmp).map_err(err)?;
         f.write_all(bytes).map_err(err)?;
         drop(f);
+        drakit_types::crash::point("cdi-write-before-rename");
         std::fs::rename(&tmp, &path).map_err(err)?;
         Ok(path)
     }

@@ -109,6 +109,25 @@ impl std::fmt::Debug for Driver {
 /// One claim's answer: devices or a message naming the claim.
 pub type ClaimResult<T> = Result<T, String>;
 
+/// The crash-injection steps of this binary (`DRAKIT_CRASH_AT`, feature `crash-injection`), in
+/// the order a prepare and an unprepare reach them. See `drakit_types::crash`.
+pub const CRASH_STEPS: &[&str] = &[
+    // The backend prepared the claim; no CDI spec, no checkpoint record.
+    "prepare-after-backend",
+    // The claim's CDI spec is in its temp file, not renamed yet (also on start-up rebuilds).
+    "cdi-write-before-rename",
+    // The CDI spec is in place; no checkpoint record.
+    "prepare-after-cdi-write",
+    // The checkpoint record is durable; the kubelet has no answer, the claim status is unwritten.
+    "prepare-after-checkpoint",
+    // The backend released the claim; CDI spec and checkpoint record still there.
+    "unprepare-after-backend",
+    // The CDI spec is gone; the checkpoint still holds the claim.
+    "unprepare-after-cdi-remove",
+    // The checkpoint says unprepared; the kubelet has no answer.
+    "unprepare-after-checkpoint",
+];
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -361,6 +380,7 @@ impl Driver {
             BackendError::Refused { message } => format!("claim {c}: {message}"),
             other => format!("claim {c}: {other}"),
         })?;
+        drakit_types::crash::point("prepare-after-backend");
         // Answer with the names the scheduler allocated (slot names map back).
         let mut cdi_devices = Vec::new();
         let mut records = Vec::new();
@@ -401,6 +421,7 @@ impl Driver {
             self.cdi
                 .write(&c.uid, &spec)
                 .map_err(|e| format!("claim {c}: {e}"))?;
+            drakit_types::crash::point("prepare-after-cdi-write");
         }
         let boot_id = lock(&self.journal).boot_id().to_owned();
         let rec = ClaimRecord {
@@ -416,6 +437,7 @@ impl Driver {
         lock(&self.journal)
             .record_prepared(rec)
             .map_err(|e| format!("claim {c}: {e}"))?;
+        drakit_types::crash::point("prepare-after-checkpoint");
         if let Some(sink) = &self.status {
             let mut devs = resp.devices.clone();
             // Report the device and share ID exactly as allocated: a slot's backend identity
@@ -540,13 +562,17 @@ impl Driver {
             })
             .await
             .map_err(|e| format!("claim {c}: {e}"))?;
+        drakit_types::crash::point("unprepare-after-backend");
         if self.write_cdi {
             self.cdi
                 .remove(&c.uid)
                 .map_err(|e| format!("claim {c}: {e}"))?;
+            drakit_types::crash::point("unprepare-after-cdi-remove");
         }
         lock(&self.journal)
             .record_unprepared(&c.uid)
-            .map_err(|e| format!("claim {c}: {e}"))
+            .map_err(|e| format!("claim {c}: {e}"))?;
+        drakit_types::crash::point("unprepare-after-checkpoint");
+        Ok(())
     }
 }

@@ -22,6 +22,27 @@ async fn shutdown_signal() {
     tracing::info!("signal received; shutting down");
 }
 
+/// `DRAKIT_CRASH_AT` (tests only: honoured when built with the `crash-injection` feature).
+fn crash_injection() -> anyhow::Result<()> {
+    use drakit_types::crash::{Setting, init};
+    match init(
+        "drakit-kubelet-plugin",
+        drakit_kubelet_plugin::driver::CRASH_STEPS,
+        cfg!(feature = "crash-injection"),
+    ) {
+        Ok(Setting::Off) => {}
+        Ok(Setting::Armed(step)) => {
+            tracing::warn!(%step, "crash injection armed: the process aborts at this step")
+        }
+        Ok(Setting::Ignored(step)) => tracing::warn!(
+            %step,
+            "DRAKIT_CRASH_AT ignored: this binary was built without the crash-injection feature"
+        ),
+        Err(e) => anyhow::bail!(e),
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -34,6 +55,7 @@ fn main() -> anyhow::Result<()> {
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
+    crash_injection()?;
     let config = args.into_config();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
