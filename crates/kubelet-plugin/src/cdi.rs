@@ -238,6 +238,23 @@ impl CdiWriter {
         Ok(path)
     }
 
+    /// Temp files of this driver left in the directory by a writer that died before its rename
+    /// (never read by a runtime: CDI only loads `*.json` and `*.yaml`, but still litter).
+    pub fn temp_files(&self) -> Vec<PathBuf> {
+        let prefix = format!(".{}-{CDI_CLASS}_", self.driver);
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        rd.filter_map(Result::ok)
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".tmp"))
+            })
+            .map(|e| e.path())
+            .collect()
+    }
+
     /// Whether the spec file exists with exactly these bytes.
     pub fn is_current(&self, claim_uid: &str, bytes: &[u8]) -> bool {
         std::fs::read(self.spec_path(claim_uid)).is_ok_and(|b| b == bytes)
@@ -315,6 +332,21 @@ mod tests {
             edits: ContainerEdits::default(),
         };
         assert!(matches!(w.render(&[d]), Err(CdiError::BadName { .. })));
+    }
+
+    #[test]
+    fn temp_files_of_the_driver_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let w = CdiWriter::new(tmp.path(), "d.dev");
+        for n in [
+            ".d.dev-claim_u1.tmp",
+            ".e.dev-claim_u1.tmp",
+            "d.dev-claim_u2.json",
+        ] {
+            std::fs::write(tmp.path().join(n), b"{}").unwrap();
+        }
+        assert_eq!(w.temp_files(), vec![tmp.path().join(".d.dev-claim_u1.tmp")]);
+        assert_eq!(w.list(), vec!["u2".to_owned()]);
     }
 
     #[test]

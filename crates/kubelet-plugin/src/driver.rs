@@ -199,6 +199,12 @@ impl Driver {
                 let _ = self.cdi.remove(&uid);
             }
         }
+        // A writer that died between its temp file and the rename left the temp file behind.
+        for tmp in self.cdi.temp_files() {
+            if let Err(e) = std::fs::remove_file(&tmp) {
+                tracing::warn!(driver = %self.name, path = %tmp.display(), error = %e, "removing a stale CDI temp file");
+            }
+        }
     }
 
     /// Re-sends every checkpointed claim to the backend (idempotent prepare), so a backend that
