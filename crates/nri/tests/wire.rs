@@ -592,3 +592,64 @@ async fn requests_are_served_concurrently_and_answered_out_of_order() {
     let (second, _) = rt.read_response().await;
     assert_eq!((first, second), (fast, slow));
 }
+
+/// The ttrpc size limit is enforced from the header alone: a header announcing more than
+/// `MAX_DATA_LEN` (here the largest length a header can carry) is reported at once, before any
+/// of its body arrived, and the body is counted off as it comes instead of being buffered.
+/// The mux frame decoder likewise refuses a frame length over its limit from the 8-byte header.
+#[test]
+fn over_limit_lengths_are_refused_from_the_header_without_buffering() {
+    use nri::ttrpc::{Incoming, MAX_DATA_LEN, StreamDecoder};
+    assert_eq!(MAX_DATA_LEN, 4 << 20, "ttrpc's limit");
+
+    let mut d = StreamDecoder::default();
+    let mut hdr = Vec::new();
+    hdr.extend_from_slice(&u32::MAX.to_be_bytes());
+    hdr.extend_from_slice(&7u32.to_be_bytes());
+    hdr.extend_from_slice(&[1, 0]);
+    d.push(&hdr);
+    match d.next_message() {
+        Some(Incoming::Oversized { header }) => {
+            assert_eq!((header.data_len, header.stream_id), (u32::MAX, 7));
+        }
+        other => panic!("expected Oversized from the header alone, got {other:?}"),
+    }
+    // 64 MiB of its (4 GiB) body go by in 1 MiB chunks: nothing is kept.
+    let chunk = vec![0xa5u8; 1 << 20];
+    for _ in 0..64 {
+        d.push(&chunk);
+        assert_eq!(
+            d.pending(),
+            0,
+            "the body of an oversized message is not buffered"
+        );
+        assert!(d.next_message().is_none());
+    }
+
+    // Just at the limit the message is accepted (and buffered until complete).
+    let mut d = StreamDecoder::default();
+    let mut hdr = Vec::new();
+    hdr.extend_from_slice(&(MAX_DATA_LEN as u32).to_be_bytes());
+    hdr.extend_from_slice(&9u32.to_be_bytes());
+    hdr.extend_from_slice(&[1, 0]);
+    d.push(&hdr);
+    assert!(d.next_message().is_none(), "waits for the body");
+    d.push(&vec![0u8; MAX_DATA_LEN]);
+    match d.next_message() {
+        Some(Incoming::Message { header, data }) => {
+            assert_eq!(header.stream_id, 9);
+            assert_eq!(data.len(), MAX_DATA_LEN);
+        }
+        other => panic!("expected the at-limit message, got {other:?}"),
+    }
+
+    // Mux: one byte over the largest frame payload is an error from the header alone.
+    let mut f = mux::FrameDecoder::default();
+    f.extend(&3u32.to_be_bytes());
+    f.extend(&((mux::MAX_FRAME_PAYLOAD + 1) as u32).to_be_bytes());
+    let err = f.decode().unwrap_err();
+    assert!(
+        matches!(err, nri::Error::FrameTooLarge { conn_id: 3, .. }),
+        "{err}"
+    );
+}
