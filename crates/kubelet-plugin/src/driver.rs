@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use drakit_proto::drakit::{Health, Inventory, PrepareRequest, UnprepareRequest};
+use drakit_proto::drakit::{Health, Inventory, PrepareRequest, PreparedDevice, UnprepareRequest};
 use tracing::Instrument;
 
 use crate::backend::{Backend, BackendError};
@@ -96,6 +96,10 @@ pub struct Driver {
     slots: RwLock<HashMap<String, String>>,
     pools: RwLock<Vec<String>>,
     health: tokio::sync::watch::Sender<Vec<DeviceHealth>>,
+    /// Claim status writes in flight: claim UID → ticket of the newest write (an older writer
+    /// and a write for an unprepared claim stop).
+    status_pending: Arc<Mutex<HashMap<String, u64>>>,
+    status_ticket: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Driver {
@@ -153,6 +157,8 @@ impl Driver {
             metrics: p.metrics,
             slots: RwLock::new(HashMap::new()),
             health,
+            status_pending: Arc::default(),
+            status_ticket: std::sync::atomic::AtomicU64::new(0),
         });
         d.rebuild_cdi();
         d
@@ -223,8 +229,13 @@ impl Driver {
                 reserved_for_pods: rec.reserved_for_pods.clone(),
                 boot_id: lock(&self.journal).boot_id().to_owned(),
             };
-            if let Err(e) = self.backend.prepare(req).await {
-                tracing::warn!(driver = %self.name, claim.uid = %rec.uid, error = %e, "reconciling claim with backend");
+            match self.backend.prepare(req).await {
+                // The status write of the first prepare may have died with the process: write
+                // it again (server-side apply of the same content).
+                Ok(resp) => self.queue_status(&claim, &resp.devices, &rec.devices),
+                Err(e) => {
+                    tracing::warn!(driver = %self.name, claim.uid = %rec.uid, error = %e, "reconciling claim with backend")
+                }
             }
         }
     }
@@ -444,46 +455,74 @@ impl Driver {
             .record_prepared(rec)
             .map_err(|e| format!("claim {c}: {e}"))?;
         drakit_types::crash::point("prepare-after-checkpoint");
-        if let Some(sink) = &self.status {
-            let mut devs = resp.devices.clone();
-            // Report the device and share ID exactly as allocated: a slot's backend identity
-            // (`<claim uid>-<slot>`) is not in status.allocation, and the API server refuses a
-            // status entry that does not match an allocation result.
-            for (d, r) in devs.iter_mut().zip(&records) {
-                d.device = r.device.clone();
-                d.share_id = r.share_id.clone().unwrap_or_default();
-            }
-            if let Some(patch) =
-                crate::status::status_patch(&self.name, c, &devs, &crate::status::now_rfc3339())
-            {
-                let sink = sink.clone();
-                let claim = c.clone();
-                tokio::spawn(async move {
-                    let Some(client) = sink.client.get().await else {
-                        return;
-                    };
-                    let mut delay = Duration::from_millis(100);
-                    for _ in 0..5 {
-                        match crate::status::apply_status(
-                            &client,
-                            &sink.field_manager,
-                            &claim,
-                            patch.clone(),
-                        )
-                        .await
-                        {
-                            Ok(()) => return,
-                            Err(e) => {
-                                tracing::warn!(claim.uid = %claim.uid, error = %e, "writing claim status")
-                            }
-                        }
-                        tokio::time::sleep(delay).await;
-                        delay *= 2;
-                    }
-                });
-            }
-        }
+        self.queue_status(c, &resp.devices, &records);
         Ok(records)
+    }
+
+    /// Writes the claim's device status (network data, conditions) in the background, retrying
+    /// until the API server takes it, the claim is gone (404, other 4xx) or unprepared, or a
+    /// newer write for the claim replaces it.
+    fn queue_status(&self, c: &ClaimRef, devices: &[PreparedDevice], records: &[DeviceRecord]) {
+        let Some(sink) = &self.status else { return };
+        let mut devs = devices.to_vec();
+        // Report the device and share ID exactly as allocated: a slot's backend identity
+        // (`<claim uid>-<slot>`) is not in status.allocation, and the API server refuses a
+        // status entry that does not match an allocation result.
+        for (d, r) in devs.iter_mut().zip(records) {
+            d.device = r.device.clone();
+            d.share_id = r.share_id.clone().unwrap_or_default();
+        }
+        let Some(patch) =
+            crate::status::status_patch(&self.name, c, &devs, &crate::status::now_rfc3339())
+        else {
+            return;
+        };
+        let ticket = self
+            .status_ticket
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        lock(&self.status_pending).insert(c.uid.clone(), ticket);
+        let pending = self.status_pending.clone();
+        let sink = sink.clone();
+        let claim = c.clone();
+        tokio::spawn(async move {
+            let current = || lock(&pending).get(&claim.uid) == Some(&ticket);
+            let Some(client) = sink.client.get().await else {
+                return;
+            };
+            let mut delay = Duration::from_millis(100);
+            while current() {
+                match crate::status::apply_status(
+                    &client,
+                    &sink.field_manager,
+                    &claim,
+                    patch.clone(),
+                )
+                .await
+                {
+                    Ok(()) => break,
+                    Err(kube::Error::Api(ae))
+                        if (400..500).contains(&ae.code) && ae.code != 409 && ae.code != 429 =>
+                    {
+                        tracing::warn!(claim.uid = %claim.uid, error = %ae, "writing claim status: refused, not retried");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(claim.uid = %claim.uid, error = %e, retry_in = ?delay, "writing claim status")
+                    }
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            let mut p = lock(&pending);
+            if p.get(&claim.uid) == Some(&ticket) {
+                p.remove(&claim.uid);
+            }
+        });
+    }
+
+    /// Claims whose status write has not succeeded yet (diagnostics, tests).
+    pub fn status_pending(&self) -> Vec<String> {
+        lock(&self.status_pending).keys().cloned().collect()
     }
 
     /// A claim already in the checkpoint: same answer, CDI spec re-ensured.
@@ -569,6 +608,7 @@ impl Driver {
             .await
             .map_err(|e| format!("claim {c}: {e}"))?;
         drakit_types::crash::point("unprepare-after-backend");
+        lock(&self.status_pending).remove(&c.uid);
         if self.write_cdi {
             self.cdi
                 .remove(&c.uid)
