@@ -11,8 +11,40 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::addr::{IpNet, Mac};
 
-/// Largest plugin stdout accepted.
+/// Largest plugin stdout accepted; more kills the plugin and fails the call.
 pub const MAX_OUTPUT: usize = 256 * 1024;
+/// Largest plugin stderr read; more kills the plugin and fails the call.
+pub const MAX_STDERR: usize = 1024 * 1024;
+/// How much of stderr is kept for error messages.
+const STDERR_KEPT: usize = 16 * 1024;
+
+/// Reads `r` to its end, keeping the first `keep` bytes in `buf`; fails once more than `cap`
+/// bytes came (the caller then kills the writer).
+async fn read_capped(
+    r: Option<impl tokio::io::AsyncRead + Unpin>,
+    what: &str,
+    keep: usize,
+    cap: usize,
+    buf: &mut Vec<u8>,
+) -> Result<(), String> {
+    let Some(mut r) = r else { return Ok(()) };
+    let mut chunk = vec![0u8; 16 * 1024];
+    let mut total = 0usize;
+    loop {
+        let n = match r.read(&mut chunk).await {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("reading {what}: {e}")),
+        };
+        total += n;
+        if total > cap {
+            return Err(format!("{what} larger than the limit of {cap} bytes"));
+        }
+        let room = keep.saturating_sub(buf.len());
+        buf.extend_from_slice(&chunk[..n.min(room)]);
+    }
+}
 
 /// Errors from a CNI run.
 #[derive(Debug, thiserror::Error)]
@@ -211,36 +243,40 @@ impl CniRuntime {
                 if let Err(e) = si.write_all(input.as_bytes()).await
                     && e.kind() != std::io::ErrorKind::BrokenPipe
                 {
-                    return Err(perr(format!("writing stdin: {e}")));
+                    return Err(format!("writing stdin: {e}"));
                 }
             }
             let mut out = Vec::new();
             let mut err = Vec::new();
             let so = child.stdout.take();
             let se = child.stderr.take();
-            let read_out = async {
-                if let Some(so) = so {
-                    let _ = so.take(MAX_OUTPUT as u64 + 1).read_to_end(&mut out).await;
-                }
-            };
-            let read_err = async {
-                if let Some(se) = se {
-                    let _ = se.take(16 * 1024).read_to_end(&mut err).await;
-                }
-            };
-            tokio::join!(read_out, read_err);
-            let status = child
-                .wait()
-                .await
-                .map_err(|e| perr(format!("waiting: {e}")))?;
-            Ok::<_, CniError>((status, out, err))
+            // Both pipes are drained together (a plugin blocked on a full stderr pipe would
+            // never finish its stdout); either one over its cap ends the run.
+            tokio::try_join!(
+                read_capped(so, "stdout", MAX_OUTPUT, MAX_OUTPUT, &mut out),
+                read_capped(se, "stderr", STDERR_KEPT, MAX_STDERR, &mut err),
+            )?;
+            let status = child.wait().await.map_err(|e| format!("waiting: {e}"))?;
+            Ok((status, out, err))
         };
-        let (status, out, err) = tokio::time::timeout(self.timeout, run)
-            .await
-            .map_err(|_| perr(format!("timed out after {:?}", self.timeout)))??;
-        if out.len() > MAX_OUTPUT {
-            return Err(perr(format!("output larger than {MAX_OUTPUT} bytes")));
-        }
+        let ended = match tokio::time::timeout(self.timeout, run).await {
+            Ok(Ok(done)) => Ok(done),
+            Ok(Err(reason)) => Err(reason),
+            Err(_) => Err(format!("timed out after {:?}", self.timeout)),
+        };
+        let (status, out, err) = match ended {
+            Ok(done) => done,
+            Err(reason) => {
+                // Killed and reaped here, not left to a best-effort reaper.
+                let _ = child.start_kill();
+                let reaped = match tokio::time::timeout(Duration::from_secs(5), child.wait()).await
+                {
+                    Ok(Ok(_)) => "plugin killed",
+                    _ => "plugin killed, not yet reaped",
+                };
+                return Err(perr(format!("{reason}; {reaped}")));
+            }
+        };
         if !status.success() {
             // CNI error object: {"code":N,"msg":"...","details":"..."}
             let msg = serde_json::from_slice::<Value>(&out)
