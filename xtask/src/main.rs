@@ -6,6 +6,7 @@
 mod bench;
 mod ci;
 mod demo;
+mod deny;
 mod dev;
 mod e2e_kind;
 mod fuzz;
@@ -24,6 +25,7 @@ usage: cargo xtask <task> [args]
 
 tasks:
   ci          what CI runs: fmt check, clippy -D warnings, every test, chart and render checks, node-e2e
+  deny        cargo deny: licenses, bans, sources of Cargo.lock against deny.toml (installs cargo-deny)
   demo        the whole node stack on its embedded default (simulated kubelet and API server)
   node-e2e    node-level end-to-end scenarios with real processes
   e2e         end-to-end on a real kind cluster (needs docker and kind)
@@ -45,6 +47,7 @@ fn main() -> Result<()> {
     let rest = &args[1..];
     match task.as_str() {
         "ci" => ci::run(rest),
+        "deny" => deny::run_task(rest),
         "demo" => demo::run(rest),
         "node-e2e" => node_e2e::run(rest),
         "e2e" => e2e_kind::run(rest),
