@@ -89,6 +89,29 @@ impl ManagerError {
     }
 }
 
+/// The crash-injection steps of `drakit-netdev` (`DRAKIT_CRASH_AT`, feature `crash-injection`;
+/// see `drakit_types::crash`), in the order prepare, attach, detach and unprepare reach them.
+pub const CRASH_STEPS: &[&str] = &[
+    // Attach mode cdi: the claim's host-side links exist; the record does not know them yet.
+    "prepare-after-link-create",
+    // The record is durable; the caller has no answer.
+    "prepare-after-checkpoint",
+    // A virtual link exists and carries its mark (veth pair on the host, or macvlan/ipvlan/dummy
+    // created in the pod); not moved, not configured, not recorded.
+    "after-link-create",
+    // A link (veth pod end, physical link) is in the pod under its final name; not configured,
+    // not recorded.
+    "after-move-to-netns",
+    // Every link of the pod is configured; the attachment is not recorded.
+    "attach-before-checkpoint",
+    // The attachment is recorded; the caller has no answer.
+    "attach-after-checkpoint",
+    // The pod's links are deleted or given back; the record still says attached.
+    "detach-before-checkpoint",
+    // The claim's links are released; its record still exists.
+    "unprepare-before-checkpoint",
+];
+
 /// Options of the manager (everything the binary's flags set).
 #[derive(Debug, Clone)]
 pub struct ManagerOptions {
@@ -443,8 +466,10 @@ impl<N: Netlink, S: Store> Manager<N, S> {
             }
         }
         if !created.is_empty() {
+            drakit_types::crash::point("prepare-after-link-create");
             self.save(&rec)?;
         }
+        drakit_types::crash::point("prepare-after-checkpoint");
         let resp = response(&rec, &self.opts);
         claims.insert(uid, rec);
         Ok(resp)
@@ -827,6 +852,7 @@ impl<N: Netlink, S: Store> Manager<N, S> {
             let _ = pod.delete_link(l.index).await;
             return Err(nerr(e));
         }
+        drakit_types::crash::point("after-link-create");
         if self.opts.crash_after_create {
             return Err(ManagerError::Crash {
                 claim: uid.into(),
@@ -922,6 +948,7 @@ impl<N: Netlink, S: Store> Manager<N, S> {
             let _ = self.host.delete_link(idx).await;
             return Err(nerr(e));
         }
+        drakit_types::crash::point("after-link-create");
         if self.opts.crash_after_create {
             return Err(ManagerError::Crash {
                 claim: uid.into(),
@@ -1034,6 +1061,7 @@ impl<N: Netlink, S: Store> Manager<N, S> {
                     }
                     return Err(nerr(e));
                 }
+                drakit_types::crash::point("after-move-to-netns");
             } else {
                 self.create_in_pod(uid, i, d, &pod, &target).await?;
             }
@@ -1103,6 +1131,7 @@ impl<N: Netlink, S: Store> Manager<N, S> {
                 let _ = self.restore_after_failed_attach(uid, d).await;
                 return Err(nerr(e));
             }
+            drakit_types::crash::point("after-move-to-netns");
             let res = async {
                 let pl = pod
                     .find_link(&LinkId::Name(d.ifname.clone()))
@@ -1288,9 +1317,11 @@ impl<N: Netlink, S: Store> Manager<N, S> {
                 }
                 out.push(attached(&rec, i));
             }
+            drakit_types::crash::point("attach-before-checkpoint");
             self.save(&rec)?;
             claims.insert(uid, rec);
         }
+        drakit_types::crash::point("attach-after-checkpoint");
         Ok(pb::AttachPodResponse { interfaces: out })
     }
 
@@ -1358,6 +1389,7 @@ impl<N: Netlink, S: Store> Manager<N, S> {
                     self.detach_device(&uid, d, &mut errors).await;
                 }
             }
+            drakit_types::crash::point("detach-before-checkpoint");
             if let Err(e) = self.save(&rec) {
                 errors.push(e.to_string());
             }
@@ -1424,8 +1456,10 @@ impl<N: Netlink, S: Store> Manager<N, S> {
             done.push(i);
             out.push(attached(&rec, i));
         }
+        drakit_types::crash::point("attach-before-checkpoint");
         self.save(&rec)?;
         claims.insert(uid, rec);
+        drakit_types::crash::point("attach-after-checkpoint");
         Ok(pb::AttachPodResponse { interfaces: out })
     }
 
@@ -1507,6 +1541,7 @@ impl<N: Netlink, S: Store> Manager<N, S> {
                 reason: errors.join("; "),
             });
         }
+        drakit_types::crash::point("unprepare-before-checkpoint");
         self.store.remove(uid)?;
         claims.remove(uid);
         Ok(())

@@ -90,10 +90,32 @@ fn init_tracing(format: &str) {
     }
 }
 
+/// `DRAKIT_CRASH_AT` (tests only: honoured when built with the `crash-injection` feature).
+fn crash_injection() -> anyhow::Result<()> {
+    use drakit_types::crash::{Setting, init};
+    match init(
+        "drakit-netdev",
+        drakit_netdev::manager::CRASH_STEPS,
+        cfg!(feature = "crash-injection"),
+    ) {
+        Ok(Setting::Off) => {}
+        Ok(Setting::Armed(step)) => {
+            tracing::warn!(%step, "crash injection armed: the process aborts at this step")
+        }
+        Ok(Setting::Ignored(step)) => tracing::warn!(
+            %step,
+            "DRAKIT_CRASH_AT ignored: this binary was built without the crash-injection feature"
+        ),
+        Err(e) => anyhow::bail!(e),
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     init_tracing(&a.log_format);
+    crash_injection()?;
     let pool = if a.pool.is_empty() {
         std::fs::read_to_string(a.proc_root.join("sys/kernel/hostname"))
             .map(|s| s.trim().to_string())
