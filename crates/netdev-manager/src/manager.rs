@@ -1036,17 +1036,38 @@ impl<N: Netlink, S: Store> Manager<N, S> {
             .await
             .map_err(nerr)?
         {
-            // Left by an earlier attempt for this very claim that died half-way: replace it.
-            let ours = l.kind.is_some()
-                && l.alias.as_deref() == Some(format!("{ALIAS_PREFIX}{uid}").as_str());
-            if !(ours && d.kind.is_virtual()) {
+            // Left by an earlier attempt for this very claim that died half-way: a virtual link
+            // is replaced, a physical one (marked with its host name) is given back to the host
+            // and moved in again below.
+            let alias = l.alias.as_deref();
+            if d.kind.is_virtual()
+                && l.kind.is_some()
+                && alias == Some(format!("{ALIAS_PREFIX}{uid}").as_str())
+            {
+                pod.delete_link(l.index).await.map_err(nerr)?;
+            } else if !d.kind.is_virtual()
+                && alias == Some(format!("{ALIAS_PREFIX}{uid}:{}", d.host_name).as_str())
+            {
+                let host_target = self.host.self_target().map_err(nerr)?;
+                pod.set_link(
+                    l.index,
+                    &LinkChange {
+                        up: Some(false),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(nerr)?;
+                pod.move_link(l.index, &host_target, &d.host_name)
+                    .await
+                    .map_err(nerr)?;
+            } else {
                 return Err(ManagerError::Invalid {
                     claim: uid.into(),
                     field: format!("device {}: interfaceName", d.device),
                     reason: format!("{:?} already exists in the pod network namespace", d.ifname),
                 });
             }
-            pod.delete_link(l.index).await.map_err(nerr)?;
         }
         if d.kind.is_virtual() {
             if d.kind == NetKind::Veth {
