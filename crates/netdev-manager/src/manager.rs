@@ -203,6 +203,11 @@ pub struct DeviceRecord {
     pub attached: Option<Attachment>,
     pub cni_result: Option<String>,
     pub net: NetData,
+    /// Attach mode cdi: the host-side link is not known to be complete. Set in the record
+    /// written before it is created, cleared in the one written once it is configured; a
+    /// restart finds such a link unexplained (deleted) and a repeated prepare completes it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_pending: bool,
 }
 
 /// One prepared claim (persisted under its UID).
@@ -424,14 +429,27 @@ impl<N: Netlink, S: Store> Manager<N, S> {
                 && r.devices.iter().zip(&req.devices).all(|(d, a)| {
                     d.device == a.device && d.share_id == a.share_id && d.pool == a.pool
                 });
-            if same {
+            if !same {
+                return Err(ManagerError::Invalid {
+                    claim: uid,
+                    field: "devices".into(),
+                    reason: "claim is already prepared with other devices; unprepare it first"
+                        .into(),
+                });
+            }
+            if !r.devices.iter().any(|d| d.host_pending) {
                 return Ok(response(r, &self.opts));
             }
-            return Err(ManagerError::Invalid {
-                claim: uid,
-                field: "devices".into(),
-                reason: "claim is already prepared with other devices; unprepare it first".into(),
-            });
+            // An earlier prepare died before its cdi host side was complete: finish it.
+            let mut rec = r.clone();
+            if let Err(e) = self.finish_cdi_host_side(&uid, &mut rec).await {
+                let _ = self.store.remove(&uid);
+                claims.remove(&uid);
+                return Err(e);
+            }
+            let resp = response(&rec, &self.opts);
+            claims.insert(uid, rec);
+            return Ok(resp);
         }
         let mut rec = ClaimRecord {
             namespace: claim.namespace.clone(),
@@ -446,33 +464,51 @@ impl<N: Netlink, S: Store> Manager<N, S> {
         }
         // Durable before anything is created, so a crash leaves an explained state.
         self.save(&rec)?;
-        let mut created = Vec::new();
-        for i in 0..rec.devices.len() {
-            if rec.devices[i].mode == Some(AttachMode::Cdi) {
-                let res = match self.check_runc(&uid).await {
-                    Ok(()) => self.cdi_host_side(&uid, i, &mut rec.devices[i]).await,
-                    Err(e) => Err(e),
-                };
-                match res {
-                    Ok(()) => created.push(i),
-                    Err(e) => {
-                        for j in created {
-                            self.cdi_release(&uid, &mut rec.devices[j]).await;
-                        }
-                        let _ = self.store.remove(&uid);
-                        return Err(e);
-                    }
-                }
-            }
-        }
-        if !created.is_empty() {
-            drakit_types::crash::point("prepare-after-link-create");
-            self.save(&rec)?;
+        if let Err(e) = self.finish_cdi_host_side(&uid, &mut rec).await {
+            let _ = self.store.remove(&uid);
+            return Err(e);
         }
         drakit_types::crash::point("prepare-after-checkpoint");
         let resp = response(&rec, &self.opts);
         claims.insert(uid, rec);
         Ok(resp)
+    }
+
+    /// Attach mode cdi: creates (or re-creates) and configures the host side of every device
+    /// still marked pending, then records it complete. On failure what this call created is
+    /// released and the error returned.
+    async fn finish_cdi_host_side(
+        &self,
+        uid: &str,
+        rec: &mut ClaimRecord,
+    ) -> Result<(), ManagerError> {
+        let mut created = Vec::new();
+        for i in 0..rec.devices.len() {
+            if !rec.devices[i].host_pending {
+                continue;
+            }
+            let res = match self.check_runc(uid).await {
+                Ok(()) => self.cdi_host_side(uid, i, &mut rec.devices[i]).await,
+                Err(e) => Err(e),
+            };
+            match res {
+                Ok(()) => created.push(i),
+                Err(e) => {
+                    for j in created {
+                        self.cdi_release(uid, &mut rec.devices[j]).await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        if !created.is_empty() {
+            drakit_types::crash::point("prepare-after-link-create");
+            for &i in &created {
+                rec.devices[i].host_pending = false;
+            }
+            self.save(rec)?;
+        }
+        Ok(())
     }
 
     fn plan_device(
@@ -654,6 +690,7 @@ impl<N: Netlink, S: Store> Manager<N, S> {
             attached: None,
             cni_result: None,
             net,
+            host_pending: mode == Some(AttachMode::Cdi),
         })
     }
 
@@ -1610,6 +1647,7 @@ impl<N: Netlink, S: Store> Manager<N, S> {
                     r.devices.iter().enumerate().any(|(i, d)| {
                         d.mode == Some(AttachMode::Cdi)
                             && d.attached.is_none()
+                            && !d.host_pending
                             && (d.host_name == l.name || temp_name(&r.uid, i, 'h') == l.name)
                     }) || r.devices.iter().any(|d| {
                         d.kind == NetKind::Veth
@@ -1633,6 +1671,7 @@ impl<N: Netlink, S: Store> Manager<N, S> {
                         d.mode == Some(AttachMode::Cdi)
                             && d.host_mac == l.mac
                             && d.attached.is_none()
+                            && !d.host_pending
                     })
                 });
                 if attached_cdi {
