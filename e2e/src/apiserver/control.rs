@@ -69,18 +69,23 @@ pub(super) async fn handle(
         }
         (&Method::POST, "faults") => {
             let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-            let Some(status) = v
+            let delay = v
+                .get("delayMillis")
+                .and_then(Value::as_u64)
+                .map(Duration::from_millis);
+            let status = v
                 .get("status")
                 .and_then(Value::as_u64)
-                .and_then(|s| u16::try_from(s).ok())
-            else {
+                .and_then(|s| u16::try_from(s).ok());
+            let Some(status) = status.or(delay.map(|_| 0)) else {
                 return err(ApiError::bad_request(
-                    "faults: `status` (HTTP code) is required",
+                    "faults: `status` (HTTP code) or `delayMillis` is required",
                 ));
             };
             let count = v.get("count").and_then(Value::as_u64).unwrap_or(1);
             let fault = Fault {
                 status,
+                delay,
                 retry_after: v.get("retryAfter").and_then(Value::as_u64),
                 method: v
                     .get("method")

@@ -233,7 +233,11 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         injected: false,
     };
 
-    if let Some(fault) = shared.take_fault(method.as_str(), &path) {
+    let fault = shared.take_fault(method.as_str(), &path);
+    if let Some(delay) = fault.as_ref().and_then(|f| f.delay) {
+        tokio::time::sleep(delay).await;
+    }
+    if let Some(fault) = fault.filter(|f| f.status != 0) {
         let err = ApiError::injected(
             fault.status,
             fault.retry_after,

@@ -124,11 +124,15 @@ pub struct PoolView {
     pub complete: bool,
 }
 
-/// A fault to answer requests with instead of serving them.
+/// A fault to answer requests with instead of serving them, or to hold them first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fault {
-    /// HTTP status, e.g. 500, 503, 429.
+    /// HTTP status, e.g. 500, 503, 429; 0 with a `delay` serves the request after the delay.
     pub status: u16,
+    /// Hold the request this long before answering (a stalled API server: the client's own
+    /// timeout decides; a client that gives up closes the connection and the request is
+    /// dropped unserved).
+    pub delay: Option<Duration>,
     /// Sent as the `Retry-After` header (seconds) and in the Status details.
     pub retry_after: Option<u64>,
     /// Only requests with this method (e.g. "PATCH"); any when `None`.
@@ -142,6 +146,7 @@ impl Fault {
     pub fn status(status: u16) -> Self {
         Self {
             status,
+            delay: None,
             retry_after: None,
             method: None,
             path_contains: None,
@@ -151,6 +156,18 @@ impl Fault {
     /// 429 TooManyRequests with `Retry-After: seconds`.
     pub fn too_many_requests(seconds: u64) -> Self {
         Self::status(429).retry_after(seconds)
+    }
+
+    /// Holds matching requests for `delay`, then serves them normally.
+    pub fn stall(delay: Duration) -> Self {
+        Self::status(0).delay(delay)
+    }
+
+    /// Holds matching requests for `delay` before answering (with the status, or served when
+    /// the status is 0).
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
     }
 
     pub fn retry_after(mut self, seconds: u64) -> Self {
