@@ -1453,7 +1453,83 @@ impl<N: Netlink, S: Store> Manager<N, S> {
             }
             claims.insert(uid, rec);
         }
+        if !req.netns_path.is_empty() {
+            self.sweep_pod(&claims, req, &mut errors).await;
+        }
         pb::DetachPodResponse { errors }
+    }
+
+    /// Links in the pod's namespace that carry the mark of a claim of this pod (or of no known
+    /// claim) but that no record shows attached: left by an attach that died half-way (a crash
+    /// before its record was written). Virtual ones are deleted, physical ones go back to the
+    /// host under their host name, unmarked. A namespace that is already gone holds nothing.
+    async fn sweep_pod(
+        &self,
+        claims: &BTreeMap<String, ClaimRecord>,
+        req: &pb::DetachPodRequest,
+        errors: &mut Vec<String>,
+    ) {
+        let Ok(pod) = self.host.enter(std::path::Path::new(&req.netns_path)).await else {
+            return;
+        };
+        let Ok(links) = pod.links().await else {
+            return;
+        };
+        for l in links {
+            let Some((uid, host_name)) = l.alias.as_deref().and_then(parse_alias) else {
+                continue;
+            };
+            let recorded = claims.get(&uid).map(|r| {
+                (
+                    r.pods.contains(&req.pod_uid),
+                    r.devices.iter().any(|d| {
+                        d.attached.is_some() && (d.ifname == l.name || d.host_name == l.name)
+                    }),
+                )
+            });
+            if matches!(recorded, Some((false, _)) | Some((_, true))) {
+                continue;
+            }
+            let ctx = |e: &dyn std::fmt::Display| {
+                format!("claim {uid}: leftover {} in the pod: {e}", l.name)
+            };
+            let res = match &host_name {
+                None => pod.delete_link(l.index).await,
+                Some(h) => {
+                    async {
+                        let host_target = self.host.self_target()?;
+                        pod.set_link(
+                            l.index,
+                            &LinkChange {
+                                up: Some(false),
+                                ..Default::default()
+                            },
+                        )
+                        .await?;
+                        pod.move_link(l.index, &host_target, h).await?;
+                        if let Some(hl) = self.host.find_link(&LinkId::Name(h.clone())).await? {
+                            self.host
+                                .set_link(
+                                    hl.index,
+                                    &LinkChange {
+                                        alias: Some(String::new()),
+                                        ..Default::default()
+                                    },
+                                )
+                                .await?;
+                        }
+                        Ok(())
+                    }
+                    .await
+                }
+            };
+            match res {
+                Ok(()) => {
+                    tracing::warn!(claim.uid = %uid, link = %l.name, pod.uid = %req.pod_uid, "removed a link a half-done attach left in the pod")
+                }
+                Err(e) => errors.push(ctx(&e)),
+            }
+        }
     }
 
     /// createRuntime hook: attaches the claim's `hook`-mode devices into the container's pod netns.
