@@ -18,13 +18,13 @@ pub const CDI_CLASS: &str = "claim";
 /// Errors of writing or removing a spec.
 #[derive(Debug, thiserror::Error)]
 pub enum CdiError {
-    #[error("writing CDI spec {path}")]
+    #[error("writing CDI spec {path}: {source}")]
     Write {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("removing CDI spec {path}")]
+    #[error("removing CDI spec {path}: {source}")]
     Remove {
         path: PathBuf,
         #[source]
@@ -230,11 +230,22 @@ impl CdiWriter {
             source,
         };
         std::fs::create_dir_all(&self.dir).map_err(err)?;
-        let mut f = std::fs::File::create(&tmp).map_err(err)?;
-        f.write_all(bytes).map_err(err)?;
-        drop(f);
-        drakit_types::crash::point("cdi-write-before-rename");
-        std::fs::rename(&tmp, &path).map_err(err)?;
+        let written = (|| {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(bytes)?;
+            drop(f);
+            drakit_types::crash::point("cdi-write-before-rename");
+            std::fs::rename(&tmp, &path)
+        })();
+        if let Err(e) = written {
+            // A full disk (ENOSPC) or any other failure leaves no partial temp file behind.
+            if let Err(re) = std::fs::remove_file(&tmp)
+                && re.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %tmp.display(), error = %re, "removing CDI temp file");
+            }
+            return Err(err(e));
+        }
         Ok(path)
     }
 

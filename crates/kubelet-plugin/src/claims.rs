@@ -159,8 +159,10 @@ pub async fn fetch_with_retry(
     let mut attempts = 0u32;
     loop {
         attempts += 1;
+        // One stalled GET must not eat the whole budget: each attempt gets a share of it.
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let res = tokio::time::timeout(remaining, source.get(&claim.namespace, &claim.name)).await;
+        let attempt = remaining.min((budget / 4).max(Duration::from_millis(500)));
+        let res = tokio::time::timeout(attempt, source.get(&claim.namespace, &claim.name)).await;
         let last = match res {
             Ok(Ok(rc)) => return Ok(rc),
             Ok(Err(FetchError::NotFound)) => {
@@ -175,7 +177,7 @@ pub async fn fetch_with_retry(
                 });
             }
             Ok(Err(FetchError::Transient(m))) => m,
-            Err(_) => "timed out".to_owned(),
+            Err(_) => format!("no answer within {attempt:?}"),
         };
         let now = tokio::time::Instant::now();
         if now + backoff >= deadline {

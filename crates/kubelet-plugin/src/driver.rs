@@ -60,6 +60,8 @@ impl std::fmt::Debug for DriverParams {
 pub struct StatusSink {
     pub client: crate::lazy::LazyClient,
     pub field_manager: String,
+    /// How long one status write may wait for the API server.
+    pub timeout: Duration,
 }
 
 impl std::fmt::Debug for StatusSink {
@@ -496,6 +498,7 @@ impl Driver {
                     &sink.field_manager,
                     &claim,
                     patch.clone(),
+                    sink.timeout,
                 )
                 .await
                 {

@@ -248,6 +248,7 @@ impl Plugin {
                     (Some(c), true) => Some(StatusSink {
                         client: c.clone(),
                         field_manager: format!("drakit-kubelet-plugin/{name}"),
+                        timeout: config.api_budget,
                     }),
                     _ => None,
                 },
@@ -315,6 +316,7 @@ impl Plugin {
                     driver: d.driver.clone(),
                     field_manager: format!("drakit-kubelet-plugin/{}", d.driver.name()),
                     shared_slots: config.shared_slots,
+                    round_timeout: config.api_budget,
                 };
                 tasks.push(tokio::spawn(p.run(stopped(stop.subscribe()))));
             } else {

@@ -225,6 +225,8 @@ pub enum PublishError {
         #[source]
         source: kube::Error,
     },
+    #[error("no answer from the API server within {0:?}")]
+    TimedOut(Duration),
 }
 
 /// Publishes one driver's inventory for as long as `shutdown` is pending.
@@ -234,6 +236,9 @@ pub struct SlicePublisher {
     pub driver: Arc<Driver>,
     pub field_manager: String,
     pub shared_slots: u32,
+    /// How long one publish round (Node GET, list, applies, deletes) may wait for the API
+    /// server before it counts as failed and is retried (the kube client waits forever).
+    pub round_timeout: Duration,
 }
 
 impl std::fmt::Debug for SlicePublisher {
@@ -463,7 +468,12 @@ impl SlicePublisher {
                 && tokio::time::Instant::now() >= hold_until
                 && let Some(inv) = &inventory
             {
-                match self.publish(&client, inv, &mut st).await {
+                let round =
+                    tokio::time::timeout(self.round_timeout, self.publish(&client, inv, &mut st));
+                match round
+                    .await
+                    .unwrap_or(Err(PublishError::TimedOut(self.round_timeout)))
+                {
                     Ok(()) => {
                         dirty = false;
                         fail_backoff = Duration::from_millis(100);

@@ -64,19 +64,31 @@ pub fn status_patch(
     }))
 }
 
-/// Applies the patch to `resourceclaims/<name>/status` under `field_manager`.
+/// Applies the patch to `resourceclaims/<name>/status` under `field_manager`. An API server that
+/// does not answer within `timeout` is an error like any other (the kube client itself waits
+/// for an answer forever).
 pub async fn apply_status(
     client: &kube::Client,
     field_manager: &str,
     claim: &ClaimRef,
     patch: Value,
+    timeout: std::time::Duration,
 ) -> Result<(), kube::Error> {
     use k8s_openapi::api::resource::v1::ResourceClaim;
     let api: kube::Api<ResourceClaim> = kube::Api::namespaced(client.clone(), &claim.namespace);
     let pp = kube::api::PatchParams::apply(field_manager).force();
-    api.patch_status(&claim.name, &pp, &kube::api::Patch::Apply(patch))
-        .await
-        .map(|_| ())
+    match tokio::time::timeout(
+        timeout,
+        api.patch_status(&claim.name, &pp, &kube::api::Patch::Apply(patch)),
+    )
+    .await
+    {
+        Ok(r) => r.map(|_| ()),
+        Err(_) => Err(kube::Error::Service(Box::new(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer from the API server within {timeout:?}"),
+        )))),
+    }
 }
 
 /// RFC 3339 UTC timestamp (seconds) without a date crate.

@@ -45,12 +45,7 @@ async fn registration_and_dra_sockets_are_private() {
 async fn over_limit_dra_request_is_refused() {
     let n = TestNode::start(true).await;
     let p = n.launch_registered().await;
-    let paths = SocketPaths::new(
-        &n.config.registry_dir,
-        &n.config.plugins_dir,
-        RUNTIME,
-        None,
-    );
+    let paths = SocketPaths::new(&n.config.registry_dir, &n.config.plugins_dir, RUNTIME, None);
     let ch = drakit_proto::uds::connect(&paths.dra, Duration::from_secs(10))
         .await
         .unwrap();
@@ -77,7 +72,11 @@ async fn over_limit_dra_request_is_refused() {
             name: "missing".into(),
         }],
     };
-    let r = dra.node_prepare_resources(small).await.unwrap().into_inner();
+    let r = dra
+        .node_prepare_resources(small)
+        .await
+        .unwrap()
+        .into_inner();
     assert!(
         !r.claims["missing-uid"].error.is_empty(),
         "a claim that does not exist fails alone: {r:?}"
