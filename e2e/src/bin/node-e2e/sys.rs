@@ -145,6 +145,12 @@ impl Daemon {
         Ok(clean)
     }
 
+    /// The process id while it runs (for `/proc/<pid>` and signals; the soak runner uses it).
+    #[allow(dead_code)]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Fails when the process has exited.
     pub fn check_alive(&mut self) -> Result<()> {
         if let Some(c) = self.child.as_mut()
