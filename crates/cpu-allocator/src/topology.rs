@@ -304,6 +304,7 @@ fn read_caches(dir: &Path) -> Result<[Option<u32>; 4], TopologyError> {
 
 fn read_numa_nodes(dir: &Path, online: &CpuSet) -> Result<BTreeMap<u32, CpuSet>, TopologyError> {
     let mut nodes = BTreeMap::new();
+    let mut listed = BTreeMap::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -329,7 +330,22 @@ fn read_numa_nodes(dir: &Path, online: &CpuSet) -> Result<BTreeMap<u32, CpuSet>,
         let Ok(node) = num.parse::<u32>() else {
             continue;
         };
-        let cpus = read_cpulist(&entry.path().join("cpulist"))?.intersection(online);
+        let path = entry.path().join("cpulist");
+        let cpus = read_cpulist(&path)?.intersection(online);
+        listed.insert(node, (path, cpus));
+    }
+    // A CPU has one home node; two lists naming it mean a corrupt tree (the kernel never writes
+    // that), and would put the CPU into two groups of the grouped model. Checked in node order
+    // so the file named does not depend on directory order.
+    let mut seen = CpuSet::new();
+    for (node, (path, cpus)) in listed {
+        if let Some(cpu) = cpus.intersection(&seen).first() {
+            return Err(TopologyError::Malformed {
+                path,
+                reason: format!("lists cpu{cpu}, which a lower-numbered node lists too"),
+            });
+        }
+        seen = seen.union(&cpus);
         nodes.insert(node, cpus);
     }
     if nodes.is_empty() {
