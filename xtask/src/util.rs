@@ -83,3 +83,19 @@ pub fn ensure_apt(pkgs: &[(&str, &str)]) -> Result<()> {
         .args(&missing);
     run(&mut install)
 }
+
+/// Installs a cargo subcommand (`cargo <subcommand>`) from crates.io with `cargo install
+/// --locked` unless `cargo <subcommand> --version` already works.
+pub fn ensure_cargo_tool(subcommand: &str, krate: &str, version: &str) -> Result<()> {
+    let works = cargo()
+        .args([subcommand, "--version"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if works {
+        return Ok(());
+    }
+    eprintln!("`cargo {subcommand}` is missing: installing {krate} {version}");
+    run(cargo().args(["install", krate, "--locked", "--version", version]))
+}
