@@ -142,9 +142,40 @@ struct Kill {
     delay: Duration,
 }
 
+/// SIGKILLs sent, per daemon: (in total, not yet matched by a restart). A daemon found dead
+/// with none outstanding died on its own, which fails the run.
+type Kills = std::sync::Arc<std::sync::Mutex<BTreeMap<&'static str, (u64, u64)>>>;
+
+fn send_kill(kills: &Kills, daemon: &'static str, pid: u32, when: &str) {
+    println!("  SIGKILL {daemon} (pid {pid}) {when}");
+    {
+        let mut k = kills.lock().unwrap_or_else(|p| p.into_inner());
+        let e = k.entry(daemon).or_default();
+        e.0 += 1;
+        e.1 += 1;
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    // Until it is really gone (a zombie, not reaped yet: the child of this process), so the
+    // next liveness check sees it dead.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(st)
+                if st
+                    .rsplit_once(") ")
+                    .is_some_and(|(_, r)| !r.starts_with('Z')) => {}
+            _ => break,
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 #[derive(Debug, Default)]
 struct Stats {
-    kills: BTreeMap<&'static str, u64>,
     restarts: BTreeMap<&'static str, u64>,
     api_get_500: u64,
     api_status_500: u64,
@@ -251,6 +282,9 @@ struct Soak {
     samples: BTreeMap<&'static str, (u64, Option<Sample>, Option<Sample>)>,
     warmup: u64,
     start_links: Vec<String>,
+    kills: Kills,
+    /// This cycle's SIGKILL, until it is started.
+    kill: Option<Kill>,
 }
 
 impl Soak {
@@ -289,6 +323,19 @@ impl Soak {
                 continue;
             }
             self.disrupted = true;
+            let expected = {
+                let mut k = self.kills.lock().unwrap_or_else(|p| p.into_inner());
+                let e = k.entry(name).or_default();
+                let was = e.1 > 0;
+                e.1 = e.1.saturating_sub(1);
+                was
+            };
+            if !expected {
+                bail!(
+                    "{name} exited without being killed; log tail:\n{}",
+                    sys::tail(&d.log, 40)
+                );
+            }
             let seqs: Vec<u64> = [CPU, RUNTIME, NET]
                 .iter()
                 .map(|drv| {
@@ -299,6 +346,7 @@ impl Soak {
                         .map_or(0, |p| p.sequence)
                 })
                 .collect();
+            println!("  cycle {cycle}: {name} found dead, starting it again");
             self.node.restart_daemon(name, || Ok(()))?;
             *self.stats.restarts.entry(name).or_default() += 1;
             self.samples.insert(name, (cycle, None, None));
@@ -338,17 +386,18 @@ impl Soak {
         Ok(())
     }
 
-    fn arm(&self, kill: &Option<Kill>, step: Step) -> Option<std::thread::JoinHandle<()>> {
-        let k = kill.as_ref().filter(|k| k.step == step)?;
+    /// Starts the cycle's kill if it is aimed at `step` (at most once per cycle).
+    fn arm(&mut self, step: Step) -> Option<std::thread::JoinHandle<()>> {
+        if self.kill.as_ref()?.step != step {
+            return None;
+        }
+        let k = self.kill.take()?;
         let pid = self.pid(k.daemon)?;
-        let delay = k.delay;
+        let (delay, daemon, kills) = (k.delay, k.daemon, self.kills.clone());
+        let when = format!("{:?} + {delay:?}", k.step);
         Some(std::thread::spawn(move || {
             std::thread::sleep(delay);
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status();
+            send_kill(&kills, daemon, pid, &when);
         }))
     }
 
@@ -375,11 +424,10 @@ impl Soak {
         &mut self,
         cycle: u64,
         c: &ClaimSpec,
-        kill: &Option<Kill>,
         step: Step,
     ) -> Result<Vec<PreparedDevice>> {
         let deadline = Instant::now() + RETRY_BUDGET;
-        let mut armed = self.arm(kill, step);
+        let mut armed = self.arm(step);
         loop {
             let r = self.prepare_once(c.driver, c).await;
             if let Some(t) = armed.take() {
@@ -561,10 +609,7 @@ impl Soak {
         {
             // drakit-nri between cycles: a pod started while it is away would run without its
             // interfaces (the runtime carries on without a plugin), which is not drakit's to fix.
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-            *self.stats.kills.entry(NRI).or_default() += 1;
+            send_kill(&self.kills, NRI, pid, "between cycles");
             let start = Instant::now();
             while self.pid(NRI).is_some()
                 && self
@@ -581,14 +626,13 @@ impl Soak {
             }
             self.ensure_up(i).await?;
         }
-        let kill = if self.rng.chance(self.a.kill_rate) {
+        self.kill = if self.rng.chance(self.a.kill_rate) {
             let mut choices = vec![KP, CPUD];
             if self.node.net {
                 choices.push(NETDEV);
             }
             let daemon = choices[self.rng.below(choices.len() as u64) as usize];
             let step = STEPS[self.rng.below(STEPS.len() as u64) as usize];
-            *self.stats.kills.entry(daemon).or_default() += 1;
             self.disrupted = true;
             Some(Kill {
                 daemon,
@@ -739,7 +783,7 @@ impl Soak {
                 CPU => Step::PrepareCpu,
                 _ => Step::PrepareRuntime,
             };
-            let devs = self.prepare(i, c, &kill, step).await?;
+            let devs = self.prepare(i, c, step).await?;
             if devs.len() != c.devices.len() {
                 bail!(
                     "{}: {} devices answered for {} allocated",
@@ -809,7 +853,7 @@ impl Soak {
                 });
             }
             let armed = if attempt == 1 {
-                self.arm(&kill, Step::RunSandbox)
+                self.arm(Step::RunSandbox)
             } else {
                 None
             };
@@ -862,7 +906,7 @@ impl Soak {
             let mut spec = default_spec(&["sh"]);
             spec["process"]["env"] = json!(env);
             let armed = if attempt == 1 {
-                self.arm(&kill, Step::CreateContainer)
+                self.arm(Step::CreateContainer)
             } else {
                 None
             };
@@ -912,7 +956,7 @@ impl Soak {
         }
 
         // ---- teardown: sandbox (detach), claims ----
-        let armed = self.arm(&kill, Step::StopSandbox);
+        let armed = self.arm(Step::StopSandbox);
         let stop = self.node.rt.stop_pod_sandbox(&sandbox).await;
         if let Some(t) = armed {
             let _ = t.join();
@@ -955,7 +999,7 @@ impl Soak {
             .await
             .context("RemovePodSandbox")?;
         drop(netns);
-        let armed = self.arm(&kill, Step::Unprepare);
+        let armed = self.arm(Step::Unprepare);
         for c in &claims {
             self.unprepare(i, c).await?;
         }
@@ -1095,6 +1139,8 @@ async fn run(a: Args) -> Result<()> {
         samples: BTreeMap::new(),
         warmup: 0,
         start_links: Vec::new(),
+        kills: Kills::default(),
+        kill: None,
         node,
     };
     s.warmup = (s.a.cycles / 10).clamp(1, 50);
@@ -1245,8 +1291,16 @@ async fn run(a: Args) -> Result<()> {
     );
     println!("net kinds: {:?}", st.net_kinds);
     println!(
-        "faults: kills {:?}; API 500s injected: {} claim GETs, {} status PATCHes; bad claims refused: {}",
-        st.kills, st.api_get_500, st.api_status_500, st.bad_claims
+        "faults: SIGKILLs {:?}; API 500s injected: {} claim GETs, {} status PATCHes; bad claims refused: {}",
+        s.kills
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(d, (n, _))| (*d, *n))
+            .collect::<BTreeMap<_, _>>(),
+        st.api_get_500,
+        st.api_status_500,
+        st.bad_claims
     );
     println!(
         "recovery: {} call retries, {} sandbox re-creations, restarts {:?}",
