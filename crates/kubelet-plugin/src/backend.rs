@@ -85,7 +85,7 @@ impl GrpcBackend {
             },
             _ => BackendError::Unavailable {
                 backend: format!("{} ({})", self.name, self.socket.display()),
-                message: format!("{:?}: {}", s.code(), s.message()),
+                message: format!("{:?}: {}{}", s.code(), s.message(), causes(&s)),
             },
         }
     }
@@ -95,6 +95,22 @@ impl GrpcBackend {
         r.set_timeout(self.timeout);
         r
     }
+}
+
+/// The causes under a transport-level status (e.g. "connection closed before message
+/// completed" under tonic's bare "transport error"), as `: a: b`.
+fn causes(s: &tonic::Status) -> String {
+    let mut out = String::new();
+    let mut next = std::error::Error::source(s);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !out.ends_with(&text) && !s.message().ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = e.source();
+    }
+    out
 }
 
 impl Backend for GrpcBackend {
