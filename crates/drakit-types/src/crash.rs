@@ -82,8 +82,10 @@ pub fn point(step: &str) {
     if let Some(a) = ARMED.get()
         && a.step == step
     {
-        // stderr is unbuffered: the line is out before the abort.
-        eprintln!("{MARKER} {} aborting at {step}", a.daemon);
+        // One write(2) of the whole line (stderr is unbuffered; `eprintln!` may split it into
+        // pieces that another thread's log lines interleave with): out before the abort.
+        let line = format!("{}\n", marker(&a.daemon, step));
+        let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
         std::process::abort();
     }
 }
