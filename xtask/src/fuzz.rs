@@ -19,7 +19,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
@@ -141,10 +141,7 @@ pub fn run(args: &[String]) -> Result<()> {
             util::run(fuzz_cmd("build", dir, &opts.sanitizer, &target_dir).args(one))
                 .with_context(|| format!("building the fuzz targets of {dir}"))?;
         }
-        eprintln!(
-            "built {dir} in {:.0?}",
-            Duration::from_secs(t.elapsed().as_secs())
-        );
+        eprintln!("built {dir} in {} s", t.elapsed().as_secs());
     }
     let built = started.elapsed();
 
@@ -178,9 +175,9 @@ pub fn run(args: &[String]) -> Result<()> {
         );
     }
     println!(
-        "build {:.0?}, total {:.0?}",
-        built,
-        Duration::from_secs(started.elapsed().as_secs())
+        "build {} s, total {} s",
+        built.as_secs(),
+        started.elapsed().as_secs()
     );
     let failed: Vec<&Outcome> = results.iter().filter(|r| r.failure.is_some()).collect();
     if !failed.is_empty() {
