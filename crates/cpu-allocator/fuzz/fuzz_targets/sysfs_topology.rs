@@ -251,10 +251,16 @@ fn build_tree(root: &Path, input: &Input, tree: &mut Tree) {
         tree.dir(&topo);
         let pair = || format!("{}-{}\n", i & !1, i | 1);
         let files = [
-            ("physical_package_id", c.package.text(|| format!("{}\n", i / PER_PACKAGE))),
+            (
+                "physical_package_id",
+                c.package.text(|| format!("{}\n", i / PER_PACKAGE)),
+            ),
             ("die_id", c.die.text(|| "0\n".into())),
             ("cluster_id", c.cluster.text(|| format!("{}\n", i / 2))),
-            ("core_id", c.core.text(|| format!("{}\n", (i % PER_PACKAGE) / 2))),
+            (
+                "core_id",
+                c.core.text(|| format!("{}\n", (i % PER_PACKAGE) / 2)),
+            ),
             ("thread_siblings_list", c.siblings.text(pair)),
             ("core_cpus_list", c.core_cpus.text(pair)),
         ];
@@ -279,10 +285,12 @@ fn build_tree(root: &Path, input: &Input, tree: &mut Tree) {
         ];
         let extra = c.extra_cache.as_ref().map(|e| (4, e));
         for (index, files) in c.caches.iter().enumerate().chain(extra) {
-            let (level, kind, id, shared) = good
-                .get(index)
-                .cloned()
-                .unwrap_or((4, "Unified", 0, format!("0-{}\n", MAX_CPU - 1)));
+            let (level, kind, id, shared) = good.get(index).cloned().unwrap_or((
+                4,
+                "Unified",
+                0,
+                format!("0-{}\n", MAX_CPU - 1),
+            ));
             let idx = dir.join(format!("cache/index{index}"));
             tree.dir(&idx);
             tree.put_opt(&idx.join("level"), files[0].text(|| format!("{level}\n")));
@@ -363,17 +371,28 @@ fn check_topology(t: &Topology) {
 fn check_inventory(t: &Topology, allocatable: &CpuSet) {
     let known: CpuSet = allocatable.intersection(&t.online);
     let inv = inventory::build(t, DeviceModel::Individual, allocatable, 1);
-    assert_eq!(inv.devices.len(), known.len(), "one device per allocatable CPU");
+    assert_eq!(
+        inv.devices.len(),
+        known.len(),
+        "one device per allocatable CPU"
+    );
     for by in [GroupBy::Numa, GroupBy::Socket] {
         let _ = inventory::build(t, DeviceModel::Grouped(by), allocatable, 1);
         let mut seen = CpuSet::new();
         for g in inventory::groups(t, by, allocatable) {
             assert!(!g.cpus.is_empty(), "empty group {}", g.name);
-            assert!(g.cpus.is_subset(&known), "group {} has CPUs not allocatable", g.name);
+            assert!(
+                g.cpus.is_subset(&known),
+                "group {} has CPUs not allocatable",
+                g.name
+            );
             assert!(g.cpus.is_disjoint(&seen), "groups overlap at {}", g.name);
             seen = seen.union(&g.cpus);
         }
-        assert_eq!(seen, known, "{by:?} groups do not cover the allocatable CPUs");
+        assert_eq!(
+            seen, known,
+            "{by:?} groups do not cover the allocatable CPUs"
+        );
     }
 }
 

@@ -23,8 +23,8 @@ use std::sync::OnceLock;
 
 use arbitrary::Arbitrary;
 use drakit_types::cdi::{
-    CdiError, ClaimDevice, ClaimSpec, ContainerEdits, DeviceNode, Hook, IntelRdt, Mount,
-    NetDevice, Spec, SpecDir, minimum_version, validate_spec,
+    CdiError, ClaimDevice, ClaimSpec, ContainerEdits, DeviceNode, Hook, IntelRdt, Mount, NetDevice,
+    Spec, SpecDir, minimum_version, validate_spec,
 };
 use drakit_types::config::{ClaimConfig, RuntimeSpecFragment};
 use drakit_types::constants::{cpus_env_name, runtime_spec_env_name};
@@ -66,7 +66,16 @@ const UIDS: &[&str] = &[
     "has_underscore",
     "",
 ];
-const DEVICES: &[&str] = &["eth1", "cpu0", "spec-edit", "pool/dev", "0", "a b", "-x", ""];
+const DEVICES: &[&str] = &[
+    "eth1",
+    "cpu0",
+    "spec-edit",
+    "pool/dev",
+    "0",
+    "a b",
+    "-x",
+    "",
+];
 const ENV: &[&str] = &[
     "A=1",
     "PATH=/usr/bin",
@@ -232,7 +241,11 @@ fn edits(e: &InEdits) -> ContainerEdits {
                 host_path: m.host.get(PATHS),
                 container_path: m.container.get(PATHS),
                 kind: m.kind.as_ref().map(|s| s.get(MOUNT_TYPES)),
-                options: m.options.iter().map(|s| s.get(&["ro", "bind", ""])).collect(),
+                options: m
+                    .options
+                    .iter()
+                    .map(|s| s.get(&["ro", "bind", ""]))
+                    .collect(),
             })
             .collect(),
         net_devices: e

@@ -44,7 +44,11 @@ fn assert_never_allowed(f: &RuntimeSpecFragment, what: &str) {
         }
     }
     if let Some(linux) = &f.linux {
-        if let Some(u) = linux.resources().as_ref().and_then(|r| r.unified().as_ref()) {
+        if let Some(u) = linux
+            .resources()
+            .as_ref()
+            .and_then(|r| r.unified().as_ref())
+        {
             for k in u.keys() {
                 assert!(
                     validate_unified_key(k).is_ok(),

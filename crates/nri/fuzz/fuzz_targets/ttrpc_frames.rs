@@ -40,7 +40,12 @@ fn drain(data: &[u8], cuts: &mut dyn FnMut() -> usize) -> (Vec<Incoming>, usize)
 fn round_trip<M: Message + Default + PartialEq + std::fmt::Debug>(bytes: &[u8]) -> Option<M> {
     let m = M::decode(bytes).ok()?;
     let again = M::decode(m.encode_to_vec().as_slice()).expect("re-encoded message decodes");
-    assert_eq!(again, m, "prost round trip of {}", std::any::type_name::<M>());
+    assert_eq!(
+        again,
+        m,
+        "prost round trip of {}",
+        std::any::type_name::<M>()
+    );
     Some(m)
 }
 
@@ -128,7 +133,10 @@ fuzz_target!(|input: &[u8]| {
         (state >> 16) as usize % 61 + 1
     });
     assert_eq!(msgs, msgs2, "messages depend on how the stream was cut");
-    assert_eq!(pending, pending2, "pending bytes depend on how the stream was cut");
+    assert_eq!(
+        pending, pending2,
+        "pending bytes depend on how the stream was cut"
+    );
 
     for m in &msgs {
         if let Incoming::Message { header, data } = m {
