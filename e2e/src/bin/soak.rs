@@ -372,6 +372,22 @@ impl Soak {
                         }
                     }
                 }
+                CPUD | NETDEV => {
+                    // Serving once its socket accepts (the killed instance's socket file stays
+                    // until the new one binds over it).
+                    let sock = self.node.root.join("run").join(if name == CPUD {
+                        "cpu.sock"
+                    } else {
+                        "netdev.sock"
+                    });
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+                        if Instant::now() > deadline {
+                            bail!("{name} did not serve {} again", sock.display());
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
                 NRI => {
                     self.nri_syncs += 1;
                     self.node
@@ -382,6 +398,19 @@ impl Soak {
                 }
                 _ => {}
             }
+        }
+        Ok(())
+    }
+
+    /// Waits for an armed kill to have happened, then brings the daemon back.
+    async fn settle(
+        &mut self,
+        cycle: u64,
+        armed: Option<std::thread::JoinHandle<()>>,
+    ) -> Result<()> {
+        if let Some(t) = armed {
+            let _ = t.join();
+            self.ensure_up(cycle).await?;
         }
         Ok(())
     }
@@ -430,9 +459,7 @@ impl Soak {
         let mut armed = self.arm(step);
         loop {
             let r = self.prepare_once(c.driver, c).await;
-            if let Some(t) = armed.take() {
-                let _ = t.join();
-            }
+            self.settle(cycle, armed.take()).await?;
             match r {
                 Ok(d) => return Ok(d),
                 Err(e) => {
@@ -858,9 +885,7 @@ impl Soak {
                 None
             };
             let run = self.node.rt.run_pod_sandbox(p).await;
-            if let Some(t) = armed {
-                let _ = t.join();
-            }
+            self.settle(i, armed).await?;
             let attached = match (&netns, net_kind) {
                 (Some(ns), Some(_)) => {
                     let got = Self::addresses(&ns.name, "net1");
@@ -911,9 +936,7 @@ impl Soak {
                 None
             };
             let created = self.node.rt.create_container(ctr, spec).await;
-            if let Some(t) = armed {
-                let _ = t.join();
-            }
+            self.settle(i, armed).await?;
             let check = match &created {
                 Ok(c) => {
                     let cpus = c.spec["linux"]["resources"]["cpu"]["cpus"]
@@ -958,9 +981,7 @@ impl Soak {
         // ---- teardown: sandbox (detach), claims ----
         let armed = self.arm(Step::StopSandbox);
         let stop = self.node.rt.stop_pod_sandbox(&sandbox).await;
-        if let Some(t) = armed {
-            let _ = t.join();
-        }
+        self.settle(i, armed).await?;
         let mut stop = stop.map_err(|e| e.to_string());
         let deadline = Instant::now() + RETRY_BUDGET;
         loop {
@@ -1003,9 +1024,7 @@ impl Soak {
         for c in &claims {
             self.unprepare(i, c).await?;
         }
-        if let Some(t) = armed {
-            let _ = t.join();
-        }
+        self.settle(i, armed).await?;
         // A kill aimed at the unprepare may land after it: the daemon comes back before checks.
         self.ensure_up(i).await?;
         for c in claims.iter().chain(bad.iter().map(|b| &b.0)) {
