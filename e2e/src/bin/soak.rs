@@ -716,11 +716,11 @@ impl Soak {
         // Two CPU claims on disjoint CPUs.
         let mut pool = self.cpu_devices.clone();
         let mut take = |rng: &mut Rng, n: usize| -> Vec<String> {
-            (0..n)
-                .filter_map(|_| {
-                    (!pool.is_empty()).then(|| pool.remove(rng.below(pool.len() as u64) as usize))
-                })
-                .collect()
+            let mut out = Vec::new();
+            while out.len() < n && !pool.is_empty() {
+                out.push(pool.remove(rng.below(pool.len() as u64) as usize));
+            }
+            out
         };
         let n_a = 1 + self.rng.below(2) as usize;
         let n_b = 1 + self.rng.below(2) as usize;
