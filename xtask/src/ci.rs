@@ -22,6 +22,8 @@ pub fn run(_args: &[String]) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // The dependency tree: licenses, bans, sources (installs cargo-deny when missing).
+    crate::deny::run_task(&[])?;
     // The chart first: its renders feed the xtask tests (k8s-openapi decoding of every object).
     crate::helm::check_chart()?;
     crate::render::run(&["--check".to_string()])?;
