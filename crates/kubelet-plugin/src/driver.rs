@@ -102,6 +102,8 @@ pub struct Driver {
     /// and a write for an unprepared claim stop).
     status_pending: Arc<Mutex<HashMap<String, u64>>>,
     status_ticket: std::sync::atomic::AtomicU64,
+    /// True once the backend's first inventory arrived (pools and slot names are known).
+    inventory_seen: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -161,6 +163,7 @@ impl Driver {
             health,
             status_pending: Arc::default(),
             status_ticket: std::sync::atomic::AtomicU64::new(0),
+            inventory_seen: tokio::sync::watch::channel(false).0,
         });
         d.rebuild_cdi();
         d
@@ -283,6 +286,26 @@ impl Driver {
         if list != old {
             self.health.send_replace(list);
         }
+        self.inventory_seen
+            .send_if_modified(|seen| !std::mem::replace(seen, true));
+    }
+
+    /// Waits (up to the API budget) for the backend's first inventory: until it arrives the
+    /// published slot names cannot be mapped to backend devices, nor the pool checked. The
+    /// kubelet retries a pending prepare as soon as a restarted plugin registers, which is
+    /// before that.
+    async fn wait_inventory(&self, c: &ClaimRef) -> ClaimResult<()> {
+        let mut rx = self.inventory_seen.subscribe();
+        if *rx.borrow() {
+            return Ok(());
+        }
+        match tokio::time::timeout(self.api_budget, rx.wait_for(|seen| *seen)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(format!(
+                "claim {c}: no device inventory from the backend of {} within {:?}",
+                self.name, self.api_budget
+            )),
+        }
     }
 
     /// Subscribes to device health changes.
@@ -374,6 +397,7 @@ impl Driver {
             Some(Ok(rc)) => rc,
             Some(Err(e)) => return Err(e.to_string()),
         };
+        self.wait_inventory(c).await?;
         let pools = self.pools.read().map(|p| p.clone()).unwrap_or_default();
         let mut work =
             extract(&rc, c, &self.name, &self.node_name, &pools).map_err(|e| e.to_string())?;
