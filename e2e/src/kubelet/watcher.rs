@@ -17,8 +17,9 @@ use crate::grpc;
 
 /// Identity of a socket file: a remove + re-create between two scans shows as a new inode, or,
 /// when the file system hands out the freed inode number again (a plugin that crashed and
-/// re-binds at once), as a new change time.
-type FileId = (u64, u64, i64, i64);
+/// re-binds at once), as a new birth time (0 where the file system has none). Not the change
+/// time: a chmod after bind changes that, and the kubelet does not see a chmod as a new socket.
+type FileId = (u64, u64, u128);
 
 #[derive(Debug)]
 enum Seen {
@@ -75,10 +76,12 @@ fn list_sockets(dir: &Path) -> BTreeMap<PathBuf, FileId> {
         if !meta.file_type().is_socket() {
             continue;
         }
-        found.insert(
-            entry.path(),
-            (meta.dev(), meta.ino(), meta.ctime(), meta.ctime_nsec()),
-        );
+        let born = meta
+            .created()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        found.insert(entry.path(), (meta.dev(), meta.ino(), born));
     }
     found
 }
