@@ -364,7 +364,10 @@ fn check_topology(t: &Topology) {
             c.numa_node
         );
         assert_eq!(c.isolated, t.isolated.contains(*id));
-        assert_eq!(c.core_type.is_some() && !t.hybrid, false);
+        assert!(
+            t.hybrid || c.core_type.is_none(),
+            "cpu{id} has a core type on a non-hybrid part"
+        );
     }
 }
 

@@ -31,7 +31,7 @@ fn decode_all(
     while i < data.len() {
         let step = cuts().clamp(1, data.len() - i);
         // Alternate between the two ways of feeding bytes the crate offers.
-        if step % 2 == 0 {
+        if step.is_multiple_of(2) {
             dec.extend(&data[i..i + step]);
         } else {
             dec.buffer().extend_from_slice(&data[i..i + step]);
