@@ -65,7 +65,8 @@ struct Args {
     #[arg(long)]
     seed: Option<u64>,
     /// Chance per cycle that drakit-kubelet-plugin, drakit-netdev or drakit-cpu is killed at a
-    /// random moment of the cycle (drakit-nri: a third of it, between cycles).
+    /// random moment of the cycle (drakit-nri: a third of it, between cycles); the last fifth
+    /// of the cycles kills nothing.
     #[arg(long, default_value_t = 0.03)]
     kill_rate: f64,
     /// Chance per cycle of 500s from the API server (claim reads, then status writes).
@@ -160,9 +161,10 @@ fn send_kill(kills: &Kills, daemon: &'static str, pid: u32, when: &str) {
         .stderr(std::process::Stdio::null())
         .status();
     // Until it is really gone (a zombie, not reaped yet: the child of this process), so the
-    // next liveness check sees it dead.
+    // next liveness check sees it dead. A process in uninterruptible sleep (an fdatasync on a
+    // busy disk) takes the signal only when the call returns: that can be seconds.
     let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(5) {
+    while start.elapsed() < Duration::from_secs(120) {
         match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
             Ok(st)
                 if st
@@ -285,6 +287,9 @@ struct Soak {
     kills: Kills,
     /// This cycle's SIGKILL, until it is started.
     kill: Option<Kill>,
+    /// From this cycle on no daemon is killed, so every daemon's last instance lives long enough
+    /// for its fds and RSS to be compared.
+    quiet_from: u64,
 }
 
 impl Soak {
@@ -631,7 +636,12 @@ impl Soak {
         let uid = |k: u16| format!("50a0{:04x}-{k:04x}-4000-8000-{i:012x}", i & 0xffff);
 
         // ---- the fault schedule of this cycle ----
-        if self.rng.chance(self.a.kill_rate / 3.0)
+        let kill_rate = if i < self.quiet_from {
+            self.a.kill_rate
+        } else {
+            0.0
+        };
+        if self.rng.chance(kill_rate / 3.0)
             && let Some(pid) = self.pid(NRI)
         {
             // drakit-nri between cycles: a pod started while it is away would run without its
@@ -653,7 +663,7 @@ impl Soak {
             }
             self.ensure_up(i).await?;
         }
-        self.kill = if self.rng.chance(self.a.kill_rate) {
+        self.kill = if self.rng.chance(kill_rate) {
             let mut choices = vec![KP, CPUD];
             if self.node.net {
                 choices.push(NETDEV);
@@ -1160,9 +1170,11 @@ async fn run(a: Args) -> Result<()> {
         start_links: Vec::new(),
         kills: Kills::default(),
         kill: None,
+        quiet_from: 0,
         node,
     };
-    s.warmup = (s.a.cycles / 10).clamp(1, 50);
+    s.warmup = (s.a.cycles / 20).clamp(1, 50);
+    s.quiet_from = s.a.cycles - (s.a.cycles / 5).max(2 * s.warmup).min(s.a.cycles);
     s.net_devices = s
         .published(NET)
         .into_iter()
@@ -1185,6 +1197,11 @@ async fn run(a: Args) -> Result<()> {
     for name in DAEMONS {
         s.samples.insert(name, (0, None, None));
     }
+    println!(
+        "kills until cycle {}, then a quiet tail; fds and RSS compared from {} cycles after each \
+         daemon instance started",
+        s.quiet_from, s.warmup
+    );
     let mut failure = None;
     let progress = (s.a.cycles / 20).max(1);
     for i in 0..s.a.cycles {
