@@ -117,6 +117,9 @@ async fn registration(poll: Duration, rounds: usize) -> Vec<Duration> {
 
 #[tokio::main]
 async fn main() {
+    // kube's TLS stack: two rustls providers are linked into this example (ring and, through a
+    // dev-dependency, aws-lc-rs), so pick one as every kube client in the workspace does.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let n: usize = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())
