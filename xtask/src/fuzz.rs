@@ -189,11 +189,18 @@ pub fn run(args: &[String]) -> Result<()> {
                 r.failure.as_deref().unwrap_or(""),
                 r.log.display()
             ));
+            if let Some(a) = &r.artifact {
+                msg.push_str(&format!(
+                    "\n    reproduce: RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir {} -s {} \
+                     --target-dir target/fuzz {} {}",
+                    r.dir,
+                    opts.sanitizer,
+                    r.target,
+                    a.display()
+                ));
+            }
         }
-        msg.push_str(
-            "\nReproduce with `RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir <crate>/fuzz <target> \
-             <artifact>`; see the crate README's Fuzzing section.",
-        );
+        msg.push_str("\nSee the crate README's Fuzzing section for turning it into a test.");
         bail!(msg);
     }
     Ok(())
@@ -245,7 +252,10 @@ fn check_lock(dir: &str) -> Result<()> {
 }
 
 struct Outcome {
+    dir: String,
     target: String,
+    /// The crash input, when there is one.
+    artifact: Option<PathBuf>,
     runs: Option<String>,
     exec_per_sec: Option<String>,
     corpus: usize,
@@ -302,35 +312,70 @@ fn run_target(dir: &str, target: &str, opts: &Options, target_dir: &Path) -> Res
             .map(|v| v.trim().to_string())
     };
     let new_artifacts: Vec<PathBuf> = files_in(&artifacts).difference(&before).cloned().collect();
+    let mut artifact = None;
     let failure = if status.success() && new_artifacts.is_empty() {
         None
     } else {
-        // Show what libFuzzer said about it: the panic or sanitizer report and its input.
-        let lines: Vec<&str> = text.lines().collect();
-        let start = lines
-            .iter()
-            .position(|l| {
-                l.contains("panicked at") || l.contains("ERROR: libFuzzer") || l.contains("==ERROR")
-            })
-            .unwrap_or(lines.len().saturating_sub(40));
-        eprintln!("---- {target}: {}", log_path.display());
-        for l in lines.iter().skip(start).take(60) {
+        // Show what it was: the panic message or the sanitizer report, and the input.
+        eprintln!("---- {target} ({}):", log_path.display());
+        for l in excerpt(&text) {
             eprintln!("{l}");
         }
         eprintln!("----");
-        Some(match new_artifacts.first() {
+        // libFuzzer says where it wrote the input (a crash seen before keeps its old file name,
+        // so the directory may not have changed).
+        let written = text.lines().find_map(|l| {
+            l.split_once("Test unit written to ")
+                .map(|(_, p)| root.join(p.trim()))
+        });
+        artifact = written.or_else(|| new_artifacts.first().cloned());
+        Some(match &artifact {
             Some(a) => format!("crash input {}", a.display()),
             None => format!("cargo fuzz run exited with {status}, no crash input written"),
         })
     };
     Ok(Outcome {
+        dir: dir.to_string(),
         target: target.to_string(),
+        artifact,
         runs: stat("stat::number_of_executed_units:"),
         exec_per_sec: stat("stat::average_exec_per_sec:"),
         corpus: files_in(&work).len(),
         failure,
         log: log_path,
     })
+}
+
+/// The lines of a libFuzzer log that say what went wrong: a Rust panic (the `panicked at` line
+/// and its message), a sanitizer or libFuzzer error (its first lines), and where the input went.
+fn excerpt(log: &str) -> Vec<&str> {
+    let lines: Vec<&str> = log.lines().collect();
+    let mut out = Vec::new();
+    if let Some(i) = lines.iter().position(|l| l.contains("panicked at")) {
+        out.extend(
+            lines[i..]
+                .iter()
+                .take(12)
+                .take_while(|l| !l.starts_with("stack backtrace") && !l.starts_with("note:")),
+        );
+    }
+    if let Some(i) = lines
+        .iter()
+        .position(|l| l.starts_with("==") && l.contains("ERROR"))
+    {
+        let n = if out.is_empty() { 30 } else { 1 };
+        out.extend(lines[i..].iter().take(n));
+    }
+    out.extend(lines.iter().filter(|l| {
+        l.starts_with("SUMMARY:")
+            || l.contains("Test unit written to")
+            || l.starts_with("Base64:")
+            || l.starts_with("MS:")
+    }));
+    if out.is_empty() {
+        out.extend(lines.iter().skip(lines.len().saturating_sub(30)));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -372,6 +417,34 @@ mod tests {
             assert!(parse(&args(bad)).is_err(), "{bad:?}");
         }
         assert!(parse(&args(&["--help"])).unwrap().is_none());
+    }
+
+    #[test]
+    fn crash_excerpt() {
+        let log = "INFO: Seed: 1\n#2 NEW cov: 3\n\
+thread '<unnamed>' (1) panicked at fuzz_targets/x.rs:89:19:\n\
+lone entry: decode gave Err(..)\n\
+stack backtrace:\n   0: frame\n\
+==21523== ERROR: libFuzzer: deadly signal\n    #0 0x1 in f\n\
+SUMMARY: libFuzzer: deadly signal\nMS: 1 CopyPart-\n\
+artifact_prefix='a/'; Test unit written to a/crash-9f39\nBase64: eyJ9\n";
+        assert_eq!(
+            excerpt(log),
+            [
+                "thread '<unnamed>' (1) panicked at fuzz_targets/x.rs:89:19:",
+                "lone entry: decode gave Err(..)",
+                "==21523== ERROR: libFuzzer: deadly signal",
+                "SUMMARY: libFuzzer: deadly signal",
+                "MS: 1 CopyPart-",
+                "artifact_prefix='a/'; Test unit written to a/crash-9f39",
+                "Base64: eyJ9",
+            ]
+        );
+        // A sanitizer report without a panic: its first lines.
+        let asan = "==7==ERROR: AddressSanitizer: heap-buffer-overflow\n    #0 0x1 in f\n";
+        assert_eq!(excerpt(asan).len(), 2);
+        // Nothing recognisable: the tail.
+        assert_eq!(excerpt("a\nb").len(), 2);
     }
 
     #[test]
