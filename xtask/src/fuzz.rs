@@ -304,6 +304,7 @@ fn run_target(dir: &str, target: &str, opts: &Options, target_dir: &Path) -> Res
     let status = cmd
         .status()
         .with_context(|| format!("could not start cargo fuzz run for {target}"))?;
+    sweep_scratch();
 
     let text = fs::read_to_string(&log_path).unwrap_or_default();
     let stat = |key: &str| {
@@ -344,6 +345,28 @@ fn run_target(dir: &str, target: &str, opts: &Options, target_dir: &Path) -> Res
         failure,
         log: log_path,
     })
+}
+
+/// Removes the scratch trees the targets leave (`drakit-fuzz-<what>-<pid>` in /dev/shm or the
+/// temp dir; libFuzzer ends with `exit`, so they cannot remove them) once their process is gone.
+fn sweep_scratch() {
+    for base in [PathBuf::from("/dev/shm"), std::env::temp_dir()] {
+        for path in files_in(&base) {
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let Some(pid) = name
+                .strip_prefix("drakit-fuzz-")
+                .and_then(|rest| rest.rsplit_once('-'))
+                .map(|(_, pid)| pid)
+            else {
+                continue;
+            };
+            if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+                let _ = fs::remove_dir_all(&path);
+            }
+        }
+    }
 }
 
 /// The lines of a libFuzzer log that say what went wrong: a Rust panic (the `panicked at` line

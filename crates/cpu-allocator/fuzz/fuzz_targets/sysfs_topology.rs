@@ -139,8 +139,26 @@ fn scratch() -> &'static PathBuf {
         } else {
             std::env::temp_dir()
         };
+        sweep_dead(&base, "drakit-fuzz-sysfs-");
         base.join(format!("drakit-fuzz-sysfs-{}", std::process::id()))
     })
+}
+
+/// Removes `<base>/<prefix><pid>` trees of fuzzer processes that are gone (libFuzzer ends with
+/// `exit`, so a run cannot clean up after itself; `cargo xtask fuzz-smoke` sweeps too).
+fn sweep_dead(base: &Path, prefix: &str) {
+    let Ok(entries) = fs::read_dir(base) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// The files and directories of one fixture tree. Written by [`sync`], which changes only what

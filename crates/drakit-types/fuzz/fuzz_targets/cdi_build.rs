@@ -275,10 +275,28 @@ fn scratch() -> &'static PathBuf {
         } else {
             std::env::temp_dir()
         };
+        sweep_dead(&base, "drakit-fuzz-cdi-");
         let dir = base.join(format!("drakit-fuzz-cdi-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("scratch dir");
         dir
     })
+}
+
+/// Removes `<base>/<prefix><pid>` directories of fuzzer processes that are gone (libFuzzer
+/// ends with `exit`, so a run cannot clean up after itself; `cargo xtask fuzz-smoke` sweeps too).
+fn sweep_dead(base: &std::path::Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !std::path::Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// The spec must come back unchanged through JSON, our strict types and our validator.
