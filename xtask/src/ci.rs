@@ -30,5 +30,8 @@ pub fn run(_args: &[String]) -> Result<()> {
     util::run(cargo().args(["test", "--workspace", "--locked"]))?;
     // Later steps (each owned by its task module) are added below, one line each.
     crate::node_e2e::run(&[])?;
+    // Every fuzz target builds (ASan) and runs 10 s from its seeds; `cargo xtask fuzz-smoke`
+    // alone runs 60 s each.
+    crate::fuzz::run(&["--seconds".to_string(), "10".to_string()])?;
     Ok(())
 }

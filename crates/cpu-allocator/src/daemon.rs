@@ -271,9 +271,33 @@ impl Drop for TempDir {
     }
 }
 
+const FIXTURE_DIR_PREFIX: &str = "drakit-cpu-fixture-";
+
+/// Removes the fixture trees of daemons that are gone (a killed daemon never runs its `Drop`;
+/// a 1,024-CPU tree is ~28,000 files of tmpfs memory).
+fn remove_stale_fixture_dirs(parent: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(FIXTURE_DIR_PREFIX))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 fn tempfile_dir() -> Result<TempDir, DaemonError> {
-    let base =
-        crate::fixture::scratch_parent().join(format!("drakit-cpu-fixture-{}", std::process::id()));
+    let parent = crate::fixture::scratch_parent();
+    remove_stale_fixture_dirs(&parent);
+    let base = parent.join(format!("{FIXTURE_DIR_PREFIX}{}", std::process::id()));
     crate::store::create_private_dir(&base).map_err(DaemonError::TempDir)?;
     Ok(TempDir(base))
 }
@@ -281,6 +305,26 @@ fn tempfile_dir() -> Result<TempDir, DaemonError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_fixture_dirs_of_dead_daemons_are_removed() {
+        let parent = tempfile::tempdir().unwrap();
+        // Above any pid_max: no such process.
+        let dead = parent
+            .path()
+            .join(format!("{FIXTURE_DIR_PREFIX}4294967295"));
+        let mine = parent
+            .path()
+            .join(format!("{FIXTURE_DIR_PREFIX}{}", std::process::id()));
+        let other = parent.path().join("something-else-1");
+        for d in [&dead, &mine, &other] {
+            std::fs::create_dir_all(d.join("devices/system/cpu")).unwrap();
+        }
+        remove_stale_fixture_dirs(parent.path());
+        assert!(!dead.exists());
+        assert!(mine.exists());
+        assert!(other.exists());
+    }
 
     #[test]
     fn args_to_config() {
