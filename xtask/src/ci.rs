@@ -30,6 +30,9 @@ pub fn run(_args: &[String]) -> Result<()> {
     util::run(cargo().args(["test", "--workspace", "--locked"]))?;
     // Later steps (each owned by its task module) are added below, one line each.
     crate::node_e2e::run(&[])?;
+    // The soak, short: 300 cycles across all concerns with daemon kills, API 500s and bad claims
+    // mixed in; nothing may leak. `cargo xtask soak` alone runs 10,000.
+    crate::soak::run(&["--cycles".to_string(), "300".to_string()])?;
     // Every fuzz target builds (ASan) and runs 10 s from its seeds; `cargo xtask fuzz-smoke`
     // alone runs 60 s each.
     crate::fuzz::run(&["--seconds".to_string(), "10".to_string()])?;

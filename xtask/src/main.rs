@@ -25,7 +25,7 @@ usage: cargo xtask <task> [args]
 
 tasks:
   ci          what CI runs: fmt check, clippy -D warnings, cargo deny, chart and render checks, every test,
-              node-e2e, fuzz-smoke (10 s a target)
+              node-e2e, soak (300 cycles), fuzz-smoke (10 s a target)
   deny        cargo deny: licenses, bans, sources of Cargo.lock against deny.toml (installs cargo-deny)
   demo        the whole node stack on its embedded default (simulated kubelet and API server)
   node-e2e    node-level end-to-end scenarios with real processes
