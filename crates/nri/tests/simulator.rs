@@ -503,6 +503,58 @@ async fn chunked_synchronize_is_reassembled() {
     handle.shutdown();
 }
 
+/// The runtime dies in the middle of a chunked Synchronize: the plugin has taken part of the state
+/// (with `more` set) and never the end. It must not act on the partial state, must reconnect,
+/// and must see the whole state exactly once, from the fresh sync.
+#[tokio::test]
+async fn runtime_dying_mid_synchronize_gets_a_full_resync() {
+    let env = runtime(SimConfig {
+        sync_chunk: Some(8),
+        ..Default::default()
+    })
+    .await;
+    for p in 0..20 {
+        env.rt
+            .add_pod(simulator::pod(&format!("p{p}"), "pod", "default"));
+    }
+    for c in 0..30 {
+        env.rt.add_container(
+            simulator::container(&format!("c{c}"), "p0", "ctr"),
+            default_spec(&["a"]),
+        );
+    }
+    // 50 objects in messages of 8: the first sync dies after 3 of its 7 messages.
+    env.rt.fail_next_sync_after(3);
+    let plugin = Arc::new(Recorder::with_mask(EventMask::of(Event::CreateContainer)));
+    let (handle, _task) = start_stub(plugin.clone(), &env, "recorder", "10");
+    env.rt.wait_synced(1, WAIT).await.unwrap();
+    handle.wait_synchronized().await.unwrap();
+    assert!(
+        env.rt
+            .log()
+            .iter()
+            .any(|l| l.contains("after 3 Synchronize message(s)")),
+        "the first sync was cut: {:?}",
+        env.rt.log()
+    );
+    assert!(handle.connections() >= 2, "the plugin reconnected");
+    // The plugin saw one complete state, never the 24 objects of the cut sync.
+    assert_eq!(*plugin.syncs.lock().unwrap(), vec![(20, 30)]);
+    assert_eq!(env.rt.plugins().len(), 1);
+    assert_eq!(env.rt.plugins()[0].sync_messages, 7);
+    // And it serves events on the new connection.
+    let c = env
+        .rt
+        .create_container(
+            simulator::container("after", "p0", "after"),
+            default_spec(&["a"]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(c.adjustments.len(), 1);
+    handle.shutdown();
+}
+
 #[tokio::test]
 async fn oversized_synchronize_is_split_after_resource_exhausted() {
     let env = runtime(SimConfig::default()).await;

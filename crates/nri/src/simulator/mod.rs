@@ -139,6 +139,9 @@ struct Inner {
     log: Mutex<Vec<String>>,
     listener: Mutex<Option<(PathBuf, tokio::task::AbortHandle)>>,
     next_id: AtomicU64,
+    /// Armed by [`Runtime::fail_next_sync_after`]: the next Synchronize dies after this many
+    /// answered messages.
+    fail_sync_after: Mutex<Option<usize>>,
 }
 
 /// The simulated runtime. Cheap to clone.
@@ -197,6 +200,7 @@ impl Runtime {
                 log: Mutex::new(Vec::new()),
                 listener: Mutex::new(None),
                 next_id: AtomicU64::new(1),
+                fail_sync_after: Mutex::new(None),
             }),
         }
     }
@@ -255,6 +259,14 @@ impl Runtime {
             Some(p) => self.listen(p).await,
             None => Ok(()),
         }
+    }
+
+    /// Simulate a runtime that dies in the middle of a chunked Synchronize: the next sync drops
+    /// its connection (no goodbye) once `messages` Synchronize messages were answered, so the
+    /// plugin has seen part of the state with `more` set and never the end. The connection's
+    /// handshake fails; the plugin is expected to reconnect and get a full sync. One-shot.
+    pub fn fail_next_sync_after(&self, messages: usize) {
+        *lock(&self.inner.fail_sync_after) = Some(messages);
     }
 
     /// Stop accepting; returns the socket path that was used.
@@ -427,6 +439,16 @@ impl Runtime {
             let resp: SynchronizeResponse = conn
                 .call(PLUGIN_SERVICE, "Synchronize", &req, timeout)
                 .await?;
+            {
+                let mut armed = lock(&self.inner.fail_sync_after);
+                if more && *armed == Some(messages) {
+                    *armed = None;
+                    conn.close();
+                    return Err(Error::Protocol(format!(
+                        "runtime went away after {messages} Synchronize message(s) (simulated)"
+                    )));
+                }
+            }
             if more {
                 if !resp.more || !resp.update.is_empty() {
                     return Err(Error::Protocol(
