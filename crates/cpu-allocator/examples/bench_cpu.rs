@@ -301,10 +301,12 @@ fn idle_rss() {
             .status();
         let _ = child.wait();
         match rss {
-            Some((rss, anon)) => {
+            Some((rss, anon, peak)) => {
                 if fixture.is_some() {
                     println!("BENCH cpu_idle_rss {rss} KiB");
+                    println!("BENCH cpu_peak_rss {peak} KiB");
                 }
+                println!("peak RSS (VmHWM) of drakit-cpu ({label}) over start-up: {peak} KiB");
                 println!(
                     "idle RSS of drakit-cpu ({label}): {:.1} MiB (anonymous {:.1} MiB), socket up after {:.1} ms  (target ≤ 10 MiB: {})",
                     rss as f64 / 1024.0,
@@ -318,7 +320,8 @@ fn idle_rss() {
     }
 }
 
-fn rss_kib(pid: u32) -> Option<(u64, u64)> {
+/// (VmRSS, RssAnon, VmHWM) in KiB.
+fn rss_kib(pid: u32) -> Option<(u64, u64, u64)> {
     let status = std::fs::read_to_string(PathBuf::from(format!("/proc/{pid}/status"))).ok()?;
     let field = |name: &str| {
         status
@@ -327,5 +330,9 @@ fn rss_kib(pid: u32) -> Option<(u64, u64)> {
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse::<u64>().ok())
     };
-    Some((field("VmRSS:")?, field("RssAnon:").unwrap_or(0)))
+    Some((
+        field("VmRSS:")?,
+        field("RssAnon:").unwrap_or(0),
+        field("VmHWM:").unwrap_or(0),
+    ))
 }

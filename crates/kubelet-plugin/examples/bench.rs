@@ -292,9 +292,14 @@ async fn scaling(state_parent: &Path, cdi_parent: &Path, max_live: usize) {
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A KiB field of /proc/<pid>/status (`VmRSS:` now, `VmHWM:` the peak so far).
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
-        .find(|l| l.starts_with("VmRSS:"))?
+        .find(|l| l.starts_with(field))?
         .split_whitespace()
         .nth(1)?
         .parse()
@@ -318,6 +323,7 @@ async fn binary(state_parent: &Path, claims: usize) {
     let mut launches = Vec::new();
     let mut rss = Vec::new();
     let mut loaded = None;
+    let mut peak = None;
     for round in 0..5 {
         let t = Instant::now();
         let mut child = std::process::Command::new(&exe)
@@ -405,6 +411,7 @@ async fn binary(state_parent: &Path, claims: usize) {
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
             loaded = rss_kib(child.id()).map(|r| (ok, r));
+            peak = status_kib(child.id(), "VmHWM:");
             for i in 0..claims {
                 let _ = dra
                     .node_unprepare_resources(v1::NodeUnprepareResourcesRequest {
@@ -435,6 +442,10 @@ async fn binary(state_parent: &Path, claims: usize) {
         Some((ok, r)) if ok == claims => {
             println!("RSS with {claims} claims prepared: {r} KiB");
             println!("BENCH kp_rss_{claims}_claims {r} KiB");
+            if let Some(p) = peak {
+                println!("peak RSS (VmHWM) over start-up and {claims} prepares: {p} KiB");
+                println!("BENCH kp_peak_rss {p} KiB");
+            }
         }
         Some((ok, _)) => {
             println!("RSS with claims prepared: only {ok} of {claims} prepared; not reported")

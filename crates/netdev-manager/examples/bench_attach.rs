@@ -205,6 +205,14 @@ async fn main() -> Result<(), String> {
             }
             tokio::time::sleep(Duration::from_secs(2)).await;
             let rss = rss_kib(child.id());
+            let peak = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find(|l| l.starts_with("VmHWM:"))
+                        .and_then(|l| l.split_whitespace().nth(1))
+                        .and_then(|v| v.parse::<u64>().ok())
+                });
             let _ = Command::new("kill")
                 .args(["-TERM", &child.id().to_string()])
                 .status();
@@ -213,6 +221,10 @@ async fn main() -> Result<(), String> {
                 Some(k) => {
                     println!("idle RSS: {k} KiB ({:.1} MiB)", k as f64 / 1024.0);
                     println!("BENCH netdev_idle_rss {k} KiB");
+                    if let Some(p) = peak {
+                        println!("peak RSS (VmHWM) over start-up and inventory: {p} KiB");
+                        println!("BENCH netdev_peak_rss {p} KiB");
+                    }
                 }
                 None => println!("idle RSS: unavailable"),
             }

@@ -264,15 +264,23 @@ fn idle_rss() -> Res<()> {
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse().ok())
             .ok_or("no VmRSS")?;
-        Ok::<u64, Box<dyn std::error::Error>>(kb)
+        let peak: u64 = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        Ok::<(u64, u64), Box<dyn std::error::Error>>((kb, peak))
     });
     let _ = std::fs::remove_dir_all(&dir);
-    let kb = result?;
+    let (kb, peak) = result?;
     println!(
         "Idle RSS of drakit-nri (connected, synchronized, 2 s idle): {:.1} MiB; binary {:.1} MB",
         kb as f64 / 1024.0,
         std::fs::metadata(&bin)?.len() as f64 / 1e6
     );
     println!("BENCH nri_idle_rss {kb} KiB");
+    println!("Peak RSS (VmHWM) of drakit-nri over start-up and sync: {peak} KiB");
+    println!("BENCH nri_peak_rss {peak} KiB");
     Ok(())
 }
