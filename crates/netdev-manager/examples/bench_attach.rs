@@ -169,6 +169,23 @@ async fn main() -> Result<(), String> {
     }
     drop(m);
 
+    // One piece of an attach on its own: a netlink handle inside the pod's namespace (a fresh OS
+    // thread that enters it and opens the socket), as every attach does once.
+    let mut topen = Vec::new();
+    for _ in 0..100 {
+        let t = Instant::now();
+        let h = RtNetlink::open(&p.path())
+            .await
+            .map_err(|e| e.to_string())?;
+        topen.push(t.elapsed());
+        drop(h);
+    }
+    let (p50, p99) = (pct(&mut topen, 0.5), pct(&mut topen, 0.99));
+    println!(
+        "piece: netlink handle in the pod netns (thread + setns + socket): p50 {p50:.3} ms  p99 {p99:.3} ms"
+    );
+    println!("BENCH netdev_piece_enter_p50 {:.0} us", p50 * 1e3);
+
     // Idle RSS of the daemon.
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let bin = exe
