@@ -94,7 +94,8 @@ where
     result
 }
 
-/// Binds a unix listener at `path`, removing a stale socket file first.
+/// Binds a unix listener at `path` (mode 0600, published only once it listens), removing a
+/// stale socket file first.
 pub fn bind_unix(path: &Path) -> Result<UnixListener, GrpcError> {
     match std::fs::remove_file(path) {
         Ok(()) => {}
@@ -106,7 +107,7 @@ pub fn bind_unix(path: &Path) -> Result<UnixListener, GrpcError> {
             });
         }
     }
-    UnixListener::bind(path).map_err(|source| GrpcError::Bind {
+    drakit_proto::uds::server::listen_at(path, 0o600).map_err(|source| GrpcError::Bind {
         path: path.to_path_buf(),
         source,
     })

@@ -113,6 +113,12 @@ async fn bind_modes_and_peer_policy() {
     let task = serve(&socket, PeerPolicy::root_and([]));
     assert_eq!(mode(&dir), 0o700, "socket directory");
     assert_eq!(mode(&socket), 0o600, "socket");
+    // The socket was staged under a temporary name and renamed: nothing else is left.
+    let names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["test.sock"], "only the socket in its directory");
     let s = socket.clone();
     let root = tokio::task::spawn_blocking(move || probe(&s))
         .await

@@ -2,7 +2,7 @@
 //! cross-instance serialize lock, and the unix-socket connector for internal gRPC clients.
 
 use std::io;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use hyper_util::rt::TokioIo;
@@ -113,7 +113,7 @@ impl SocketPaths {
 }
 
 /// Binds a unix listener at `path`: creates the parent dir, removes a stale socket (never a
-/// regular file), binds and sets mode `mode`.
+/// regular file), binds and sets mode `mode` before the socket appears at `path`.
 pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, SocketError> {
     let len = path.as_os_str().len();
     if len > MAX_SOCKET_PATH {
@@ -142,17 +142,12 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, SocketError> {
         }
         Err(_) => {}
     }
-    let listener = UnixListener::bind(path).map_err(|source| SocketError::Bind {
+    // Bound and chmod'ed under a dot-name, then renamed: the kubelet's plugin watcher never
+    // sees a socket that does not listen yet.
+    drakit_proto::uds::server::listen_at(path, mode).map_err(|source| SocketError::Bind {
         path: path.to_path_buf(),
         source,
-    })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
-        SocketError::Bind {
-            path: path.to_path_buf(),
-            source,
-        }
-    })?;
-    Ok(listener)
+    })
 }
 
 /// Removes a socket file we created; a missing file is fine.

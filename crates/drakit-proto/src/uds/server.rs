@@ -123,10 +123,43 @@ pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(err("inspecting socket path", e)),
     }
-    let listener = UnixListener::bind(path).map_err(|e| err("binding socket", e))?;
-    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE)) {
-        let _ = std::fs::remove_file(path);
-        return Err(err("setting the mode of socket", e));
+    listen_at(path, SOCKET_MODE).map_err(|e| err("binding socket", e))
+}
+
+/// Binds a listening socket that appears at `path` only when it already accepts connections
+/// and has `mode`: it is bound (bind + listen) and chmod'ed under a temporary dot-name in the
+/// same directory, then renamed into place, replacing a stale socket in one step. A client
+/// that sees the file (a test polling for it, the kubelet's plugin watcher, which ignores
+/// dot-files) can connect at once; binding at the final path directly would let it see the
+/// file between `bind` and `listen` and be refused. When the temporary name would not fit a
+/// socket address, the socket is bound at `path` directly.
+///
+/// The caller checks that `path` is not something other than a socket.
+pub fn listen_at(path: &Path, mode: u32) -> io::Result<UnixListener> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let tmp = path.with_file_name(format!(
+        ".{}-{}.sock-tmp",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let staged = tmp.as_os_str().len() <= MAX_SOCKET_PATH;
+    let at = if staged { tmp.as_path() } else { path };
+    if staged {
+        let _ = std::fs::remove_file(at);
+    }
+    let listener = UnixListener::bind(at)?;
+    let published =
+        std::fs::set_permissions(at, std::fs::Permissions::from_mode(mode)).and_then(|()| {
+            if staged {
+                std::fs::rename(at, path)
+            } else {
+                Ok(())
+            }
+        });
+    if let Err(e) = published {
+        let _ = std::fs::remove_file(at);
+        return Err(e);
     }
     Ok(listener)
 }
@@ -207,6 +240,36 @@ pub fn remove(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn listen_at_publishes_a_listening_socket_and_falls_back_when_the_stage_is_too_long() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("a.sock");
+        let l = listen_at(&p, 0o600).unwrap();
+        // Listening before it appears: a connect right after the call is accepted.
+        let c = std::os::unix::net::UnixStream::connect(&p).unwrap();
+        let _ = l.accept().await.unwrap();
+        drop(c);
+        let names: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["a.sock"]);
+        // A one-letter name in a directory that fills the address: the stage name would not
+        // fit, the socket is bound in place.
+        let base = tmp.path().as_os_str().len() + 1;
+        let dir = tmp.path().join("d".repeat(MAX_SOCKET_PATH - base - 2));
+        std::fs::create_dir(&dir).unwrap();
+        let p = dir.join("s");
+        assert_eq!(p.as_os_str().len(), MAX_SOCKET_PATH);
+        let _l = listen_at(&p, 0o600).unwrap();
+        std::os::unix::net::UnixStream::connect(&p).unwrap();
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["s"]);
+    }
 
     #[test]
     fn policies() {
