@@ -1365,7 +1365,12 @@ impl<N: Netlink, S: Store> Manager<N, S> {
                 if rec.devices[i].mode != Some(AttachMode::Nri) {
                     continue;
                 }
+                let already = rec.devices[i]
+                    .attached
+                    .as_ref()
+                    .is_some_and(|a| a.pod_uid == att.pod_uid && a.netns == att.netns);
                 match self.attach_one(&uid, i, &mut rec, &att).await {
+                    Ok(()) if already => {}
                     Ok(()) => done.push((uid.clone(), i)),
                     Err(e) => {
                         claims.insert(uid.clone(), rec);
@@ -1373,7 +1378,7 @@ impl<N: Netlink, S: Store> Manager<N, S> {
                         return Err(e);
                     }
                 }
-                out.push(attached(&rec, i));
+                out.push(attached(&rec, i, already));
             }
             drakit_types::crash::point("attach-before-checkpoint");
             self.save(&rec)?;
@@ -1574,7 +1579,7 @@ impl<N: Netlink, S: Store> Manager<N, S> {
                 .as_ref()
                 .is_some_and(|a| !a.pod_uid.is_empty() && a.pod_uid == pod_uid)
             {
-                out.push(attached(&rec, i));
+                out.push(attached(&rec, i, true));
                 continue;
             }
             if let Err(e) = self.attach_one(&uid, i, &mut rec, &att).await {
@@ -1588,7 +1593,7 @@ impl<N: Netlink, S: Store> Manager<N, S> {
                 return Err(e);
             }
             done.push(i);
-            out.push(attached(&rec, i));
+            out.push(attached(&rec, i, false));
         }
         drakit_types::crash::point("attach-before-checkpoint");
         self.save(&rec)?;
@@ -1817,7 +1822,7 @@ fn cni_container_id(att: &Attachment, uid: &str) -> String {
     }
 }
 
-fn attached(rec: &ClaimRecord, i: usize) -> pb::AttachedInterface {
+fn attached(rec: &ClaimRecord, i: usize, already: bool) -> pb::AttachedInterface {
     let d = &rec.devices[i];
     pb::AttachedInterface {
         claim: Some(pb::ClaimRef {
@@ -1827,6 +1832,7 @@ fn attached(rec: &ClaimRecord, i: usize) -> pb::AttachedInterface {
         }),
         device: d.device.clone(),
         network_data: Some(d.net.to_proto()),
+        already_attached: already,
     }
 }
 

@@ -372,6 +372,9 @@ async fn call(env: &Env, k: &Kind, op: Op) -> Result<String, String> {
                 .map_err(e)?
                 .into_inner();
             for i in &mut r.interfaces {
+                // A retry after a crash past the attach's checkpoint finds the device attached
+                // and says so; the rest of the answer must be the same.
+                i.already_attached = false;
                 if let Some(nd) = i.network_data.as_mut() {
                     let live = env.mac_in_pod(&nd.interface_name);
                     if nd.hardware_address != live {

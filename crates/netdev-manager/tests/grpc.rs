@@ -153,6 +153,24 @@ async fn backend_and_attach_over_a_unix_socket() {
         vec!["10.0.0.2/24"]
     );
     assert_eq!(fake.names_in("/fake/pod"), ["net1"]);
+    assert!(!resp.interfaces[0].already_attached);
+    // A repeated AttachPod (the NRI sidecar's late attach after a Synchronize) changes nothing
+    // and says the device was already there.
+    let again = a
+        .attach_pod(pb::AttachPodRequest {
+            pod_uid: "pod-1".into(),
+            netns_path: "/fake/pod".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.interfaces[0].already_attached);
+    assert_eq!(
+        again.interfaces[0].network_data,
+        resp.interfaces[0].network_data
+    );
+    assert_eq!(fake.names_in("/fake/pod"), ["net1"]);
     let e = a
         .attach_pod(pb::AttachPodRequest {
             pod_uid: "pod-1".into(),
