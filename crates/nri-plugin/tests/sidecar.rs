@@ -12,7 +12,7 @@ use drakit_nri::{Concern, RuntimeSpecConcern, Sidecar};
 use drakit_proto::drakit::cpu_pool_server::{CpuPool, CpuPoolServer};
 use drakit_proto::drakit::netdev_attach_server::{NetdevAttach, NetdevAttachServer};
 use drakit_proto::drakit::{
-    AttachPodRequest, AttachPodResponse, ClaimRef, CpuAssignment, CpuPoolState,
+    AttachPodRequest, AttachPodResponse, AttachedInterface, ClaimRef, CpuAssignment, CpuPoolState,
     CpuPoolWatchRequest, DetachPodRequest, DetachPodResponse, HookAttachRequest,
 };
 use drakit_proto::nri::{LinuxNamespace, LinuxPodSandbox, PodSandbox};
@@ -62,13 +62,27 @@ impl NetdevAttach for FakeNetdev {
     ) -> Result<Response<AttachPodResponse>, Status> {
         let req = req.into_inner();
         let refuse = req.pod_name == "refused";
-        self.attach.lock().unwrap().push(req);
+        // Pods named "late*" have one net claim; the first AttachPod attaches it.
+        let with_claim = req.pod_name.starts_with("late");
+        let mut log = self.attach.lock().unwrap();
+        let already = log.iter().any(|r| r.pod_uid == req.pod_uid);
+        log.push(req);
+        drop(log);
         if refuse {
             return Err(Status::failed_precondition(
                 "claim ns/net1: parent link \"eth9\" does not exist",
             ));
         }
-        Ok(Response::new(AttachPodResponse::default()))
+        let interfaces = if with_claim {
+            vec![AttachedInterface {
+                device: "netdev-virtual".into(),
+                already_attached: already,
+                ..Default::default()
+            }]
+        } else {
+            Vec::new()
+        };
+        Ok(Response::new(AttachPodResponse { interfaces }))
     }
     async fn detach_pod(
         &self,
@@ -421,6 +435,93 @@ async fn pod_attach_and_detach_reach_drakit_netdev() {
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].pod_uid, "uid-p1");
     assert_eq!(d[0].netns_path, "/var/run/netns/cni-1234");
+}
+
+/// The attach requests the fake received for `pod_uid`.
+fn attaches_of(env: &Env, pod_uid: &str) -> usize {
+    let a = env.netdev.attach.lock().unwrap();
+    a.iter().filter(|r| r.pod_uid == pod_uid).count()
+}
+
+#[tokio::test]
+async fn a_pod_started_while_the_sidecar_was_away_is_attached_after_synchronize() {
+    let env = start(Policy::default(), &[]).await;
+    // The first Synchronize saw only pod0 (no network namespace): nothing to attach late.
+    assert!(env.netdev.attach.lock().unwrap().is_empty());
+    // Sandboxes that start while the sidecar is not connected: their RunPodSandbox never
+    // reaches it.
+    env.rt
+        .add_pod(pod_with_netns("lp", "late-web", Some("/var/run/netns/lp")));
+    env.rt.add_pod(pod_with_netns("hn", "late-hostnet", None));
+    env.rt.restart().await.unwrap();
+    env.rt.wait_synced(2, WAIT).await.unwrap();
+    tokio::time::timeout(WAIT, async {
+        while attaches_of(&env, "uid-lp") == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the late pod is attached after the Synchronize");
+    let a = env.netdev.attach.lock().unwrap().clone();
+    let lp = a.iter().find(|r| r.pod_uid == "uid-lp").unwrap();
+    assert_eq!(lp.netns_path, "/var/run/netns/lp");
+    assert_eq!(lp.sandbox_id, "lp");
+    assert!(!lp.host_network);
+    // A host-network pod has no namespace to receive interfaces: not asked.
+    assert!(a.iter().all(|r| r.pod_uid != "uid-hn"), "{a:?}");
+
+    // The next Synchronize asks again; drakit-netdev answers "already attached".
+    env.rt.restart().await.unwrap();
+    env.rt.wait_synced(3, WAIT).await.unwrap();
+    tokio::time::timeout(WAIT, async {
+        while attaches_of(&env, "uid-lp") < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the pod is asked again at the next Synchronize");
+}
+
+#[tokio::test]
+async fn late_attach_skips_ended_pods_and_yields_to_a_newer_synchronize() {
+    let env = start(Policy::default(), &[]).await;
+    let concern = NetdevConcern::new(
+        env.sock.with_file_name("netdev.sock"),
+        Duration::from_millis(1500),
+    );
+    let pods = [
+        pod_with_netns("a", "late-a", Some("/var/run/netns/a")),
+        pod_with_netns("b", "late-b", Some("/var/run/netns/b")),
+        pod_with_netns("h", "late-h", None),
+    ];
+    let pass = concern.late_attach_pass(&pods);
+    // Pod b stops before the pass reaches it: its DetachPod goes out, its attach never does.
+    concern.stop_pod_sandbox(&pods[1]).await.unwrap();
+    let r = pass.await;
+    assert_eq!(r.asked, 1);
+    assert_eq!(r.attached_late, ["ns/late-a"]);
+    assert!(r.failed.is_empty());
+    assert_eq!(attaches_of(&env, "uid-b"), 0);
+    assert_eq!(attaches_of(&env, "uid-h"), 0);
+
+    // A pass superseded by a newer Synchronize stops; the newer one does the work, and a pod
+    // attached already is not reported as late.
+    let old = concern.late_attach_pass(&pods[..1]);
+    let new = concern.late_attach_pass(&pods[..1]);
+    assert_eq!(old.await, Default::default());
+    let r = new.await;
+    assert_eq!(r.asked, 1);
+    assert!(r.attached_late.is_empty(), "{r:?}");
+
+    // drakit-netdev down: the pass reports the failure and goes on.
+    let down = NetdevConcern::new(
+        env.sock.with_file_name("missing.sock"),
+        Duration::from_millis(300),
+    );
+    let r = down.late_attach_pass(&pods).await;
+    assert_eq!(r.asked, 2);
+    assert_eq!(r.failed.len(), 2);
+    assert!(r.failed[0].1.contains("not reachable"), "{r:?}");
 }
 
 #[tokio::test]
