@@ -13,6 +13,18 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
 pub fn run(_args: &[String]) -> Result<()> {
     ensure_apt(TEST_PACKAGES)?;
     util::run(cargo().args(["fmt", "--all", "--check"]))?;
+    // The fuzz crates live outside the workspace; their code is checked for format here and
+    // compiled (warnings shown) by the fuzz smoke at the end.
+    for dir in crate::fuzz::crate_dirs() {
+        let manifest = util::root().join(dir).join("Cargo.toml");
+        util::run(
+            cargo()
+                .arg("fmt")
+                .arg("--manifest-path")
+                .arg(&manifest)
+                .arg("--check"),
+        )?;
+    }
     util::run(cargo().args([
         "clippy",
         "--workspace",

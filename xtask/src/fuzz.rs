@@ -35,6 +35,13 @@ const TARGETS: &[(&str, &str)] = &[
     ("crates/cpu-allocator/fuzz", "sysfs_topology"),
 ];
 
+/// The fuzz crate directories (outside the workspace, so `cargo fmt --all` does not see them).
+pub fn crate_dirs() -> Vec<&'static str> {
+    let mut dirs: Vec<&str> = TARGETS.iter().map(|(d, _)| *d).collect();
+    dirs.dedup();
+    dirs
+}
+
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 const DEFAULT_SECONDS: u64 = 60;
 /// A single input running longer than this is reported as a hang.
