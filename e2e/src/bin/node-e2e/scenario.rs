@@ -788,6 +788,15 @@ pub async fn nri_restart_check(node: &Node, seq: usize) -> Result<Outcome> {
         None
     };
     rt.run_pod_sandbox(p).await?;
+    let late = if node.net {
+        Some(LatePod::new(node, seq)?)
+    } else {
+        out.skipped.push(
+            "skipped: late attach after Synchronize (drakit-netdev is not running: no network namespaces here)"
+                .into(),
+        );
+        None
+    };
     let res = async {
         rt.create_container(simulator::container(&cid, &pid, "app"), default_spec(&["sh"]))
             .await?;
@@ -797,11 +806,19 @@ pub async fn nri_restart_check(node: &Node, seq: usize) -> Result<Outcome> {
             bail!("the container got no shared cpuset");
         }
         out.ok(format!("container created before the restart is on the shared pool {}", fmt_set(&pool)));
+        // A pod whose sandbox starts while drakit-nri is not connected: prepared, but its
+        // RunPodSandbox never reaches the sidecar.
+        if let Some(l) = &late {
+            l.prepare(node, &mut out).await?;
+        }
         rt.restart().await?;
         rt.wait_synced(2, Duration::from_secs(30))
             .await
             .context("drakit-nri did not reconnect and resynchronize after the runtime restart")?;
         out.ok("runtime restarted (connections dropped); drakit-nri reconnected and resynchronized");
+        if let Some(l) = &late {
+            l.expect_attached(&mut out).await?;
+        }
         // A CPU claim now takes two CPUs of that pool.
         let devs: Vec<String> = api
             .slices_for(node_name, CPU)
@@ -853,10 +870,149 @@ pub async fn nri_restart_check(node: &Node, seq: usize) -> Result<Outcome> {
     let _ = rt.remove_container(&cid).await;
     let stop = rt.stop_pod_sandbox(&pid).await;
     let _ = rt.remove_pod_sandbox(&pid).await;
+    let late_end = match late {
+        Some(l) => l.end(node).await,
+        None => Ok(()),
+    };
     drop(netns);
     res?;
     stop?;
+    late_end?;
     Ok(out)
+}
+
+/// The pod of the late-attach check: a veth claim prepared for it, its sandbox put into the
+/// runtime without a RunPodSandbox event (as if it started while drakit-nri was away).
+struct LatePod {
+    id: String,
+    pod: drakit_proto::nri::PodSandbox,
+    netns: Netns,
+    claim: ClaimRef,
+}
+
+impl LatePod {
+    const IFNAME: &'static str = "late0";
+    const ADDR: &'static str = "10.99.7.2/24";
+
+    fn new(node: &Node, seq: usize) -> Result<Self> {
+        let id = format!("sb{seq}late");
+        let mut pod = simulator::pod(&id, "nri-late", "default");
+        pod.uid = pod_uid(seq, "nri-late");
+        let netns = Netns::create(&format!("dke{}-{seq}-late", node.run_id))?;
+        pod.linux = Some(LinuxPodSandbox {
+            namespaces: vec![LinuxNamespace {
+                r#type: "network".into(),
+                path: netns.path().display().to_string(),
+            }],
+            ..Default::default()
+        });
+        let uid = format!("e2e{seq:05x}-0002-4000-8000-{:012x}", std::process::id());
+        Ok(Self {
+            id,
+            pod,
+            netns,
+            claim: ClaimRef::new("default", "nri-late-net", &uid),
+        })
+    }
+
+    async fn prepare(&self, node: &Node, out: &mut Outcome) -> Result<()> {
+        let api = &node.harness.api;
+        let dev = api
+            .slices_for(node.profile.name, NET)
+            .iter()
+            .flat_map(|s| s.spec.devices.clone().unwrap_or_default())
+            .find(|d| d.name.starts_with("netdev-virtual"))
+            .context("no netdev-virtual device published")?;
+        let mut result =
+            json!({"request": "r", "driver": NET, "pool": node.profile.name, "device": dev.name});
+        if dev.allow_multiple_allocations == Some(true) {
+            result["shareID"] = json!(format!(
+                "{}-0000-4000-8000-000000000001",
+                &self.claim.uid[..8]
+            ));
+            result["consumedCapacity"] = json!({"slots": "1"});
+        }
+        let params = json!({"apiVersion": "drakit.dev/v1alpha1", "kind": "NetdevConfig",
+            "netdev": {"kind": "veth", "interfaceName": Self::IFNAME, "addresses": [Self::ADDR]}});
+        let config = json!([{"source": "FromClaim", "requests": ["r"], "opaque": {"driver": NET, "parameters": params}}]);
+        api.insert_raw(json!({
+            "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
+            "metadata": {"name": self.claim.name, "namespace": "default", "uid": self.claim.uid},
+            "spec": {"devices": {"requests": [{"name": "r", "exactly": {"deviceClassName": NET}}]}},
+            "status": {"allocation": {"devices": {"results": [result], "config": config}},
+                       "reservedFor": [{"resource": "pods", "name": "nri-late", "uid": self.pod.uid}]},
+        }))?;
+        match node
+            .harness
+            .kubelet
+            .prepare(NET, std::slice::from_ref(&self.claim))
+            .await?
+            .get(&self.claim.uid)
+        {
+            Some(Ok(_)) => {}
+            other => bail!("prepare of the late pod's veth claim: {other:?}"),
+        }
+        node.rt.add_pod(self.pod.clone());
+        if pod_links(&self.netns.name)?.contains_key(Self::IFNAME) {
+            bail!("{} is in the late pod before any attach", Self::IFNAME);
+        }
+        out.ok(format!(
+            "pod nri-late (veth claim prepared) started without drakit-nri seeing its RunPodSandbox; {} has no {}",
+            self.netns.name,
+            Self::IFNAME
+        ));
+        Ok(())
+    }
+
+    async fn expect_attached(&self, out: &mut Outcome) -> Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let links = pod_links(&self.netns.name)?;
+            if let Some((_, addrs)) = links.get(Self::IFNAME)
+                && addrs.iter().any(|a| a == Self::ADDR)
+            {
+                out.ok(format!(
+                    "after the Synchronize drakit-nri attached it late: {} in the pod with {}",
+                    Self::IFNAME,
+                    Self::ADDR
+                ));
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "the pod that started while drakit-nri was away never got {} (its links: {:?})",
+                    Self::IFNAME,
+                    links.keys().collect::<Vec<_>>()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops and removes the pod (DetachPod through drakit-nri), unprepares the claim; the
+    /// pod's namespace must be empty of drakit links.
+    async fn end(self, node: &Node) -> Result<()> {
+        let stop = node.rt.stop_pod_sandbox(&self.id).await;
+        let _ = node.rt.remove_pod_sandbox(&self.id).await;
+        let unprep = node
+            .harness
+            .kubelet
+            .unprepare(NET, std::slice::from_ref(&self.claim))
+            .await;
+        node.harness
+            .api
+            .remove(Resource::ResourceClaims, "default", &self.claim.name);
+        stop?;
+        match unprep?.get(&self.claim.uid) {
+            Some(Ok(())) => {}
+            other => bail!("unprepare of the late pod's veth claim: {other:?}"),
+        }
+        let left = drakit_links(&self.netns.name)?;
+        if !left.is_empty() {
+            bail!("links left in the late pod's namespace: {left:?}");
+        }
+        Ok(())
+    }
 }
 
 fn container_cpus(rt: &nri::simulator::Runtime, id: &str) -> BTreeSet<u32> {
