@@ -838,8 +838,11 @@ impl<N: Netlink, S: Store> Manager<N, S> {
         })
     }
 
-    /// Creates a non-veth virtual link directly in the pod under its final name (one request),
-    /// then marks it. Returns its ifindex in the pod.
+    /// Creates a non-veth virtual link directly in the pod under its final name, up, with its
+    /// MTU and MAC (one request), marks it, adds its addresses and routes. Requests in the common
+    /// case: the parent by name (host), the create, the new link by name (pod: ifindex and MAC),
+    /// the mark, one per address and route. A link an earlier attempt left under the same name
+    /// is looked for only when the create says the name is taken.
     async fn create_in_pod(
         &self,
         uid: &str,
@@ -847,25 +850,33 @@ impl<N: Netlink, S: Store> Manager<N, S> {
         d: &DeviceRecord,
         pod: &N,
         target: &N::Target,
-    ) -> Result<u32, ManagerError> {
+    ) -> Result<NetData, ManagerError> {
         let nerr = |source| ManagerError::Netlink {
             claim: uid.into(),
             device: d.device.clone(),
             source,
         };
-        let kind = self.virtual_link_kind(uid, i, d).await?;
-        self.host
-            .create_link_in(
-                &NewLink {
-                    name: d.ifname.clone(),
-                    kind,
-                    mtu: d.cfg.mtu,
-                    mac: d.cfg.mac,
-                },
-                target,
-            )
-            .await
-            .map_err(nerr)?;
+        let req = NewLink {
+            name: d.ifname.clone(),
+            kind: self.virtual_link_kind(uid, i, d).await?,
+            mtu: d.cfg.mtu,
+            mac: d.cfg.mac,
+            up: true,
+        };
+        if let Err(e) = self.host.create_link_in(&req, target).await {
+            let left = if e.errno() == Some(crate::netlink::EEXIST) {
+                pod.find_link(&LinkId::Name(d.ifname.clone()))
+                    .await
+                    .map_err(nerr)?
+            } else {
+                None
+            };
+            let Some(l) = left else {
+                return Err(nerr(e));
+            };
+            self.clear_leftover(uid, d, pod, &l).await?;
+            self.host.create_link_in(&req, target).await.map_err(nerr)?;
+        }
         let l = pod
             .find_link(&LinkId::Name(d.ifname.clone()))
             .await
@@ -896,7 +907,61 @@ impl<N: Netlink, S: Store> Manager<N, S> {
                 link: d.ifname.clone(),
             });
         }
-        Ok(l.index)
+        if let Err(e) = Self::add_addresses_and_routes(pod, l.index, d).await {
+            let _ = pod.delete_link(l.index).await;
+            return Err(nerr(e));
+        }
+        Ok(NetData {
+            interface_name: d.ifname.clone(),
+            ips: d.cfg.addresses.clone(),
+            mac: l.mac.or(d.cfg.mac),
+        })
+    }
+
+    /// A link named like the device is already in the pod. Left by an earlier attempt for this
+    /// very claim that died half-way: a virtual link is deleted, a physical one (marked with its
+    /// host name) is given back to the host (to be moved in again). Anything else is a clash.
+    async fn clear_leftover(
+        &self,
+        uid: &str,
+        d: &DeviceRecord,
+        pod: &N,
+        l: &crate::netlink::LinkInfo,
+    ) -> Result<(), ManagerError> {
+        let nerr = |source| ManagerError::Netlink {
+            claim: uid.into(),
+            device: d.device.clone(),
+            source,
+        };
+        let alias = l.alias.as_deref();
+        if d.kind.is_virtual()
+            && l.kind.is_some()
+            && alias == Some(format!("{ALIAS_PREFIX}{uid}").as_str())
+        {
+            pod.delete_link(l.index).await.map_err(nerr)
+        } else if !d.kind.is_virtual()
+            && alias == Some(format!("{ALIAS_PREFIX}{uid}:{}", d.host_name).as_str())
+        {
+            let host_target = self.host.self_target().map_err(nerr)?;
+            pod.set_link(
+                l.index,
+                &LinkChange {
+                    up: Some(false),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(nerr)?;
+            pod.move_link(l.index, &host_target, &d.host_name)
+                .await
+                .map_err(nerr)
+        } else {
+            Err(ManagerError::Invalid {
+                claim: uid.into(),
+                field: format!("device {}: interfaceName", d.device),
+                reason: format!("{:?} already exists in the pod network namespace", d.ifname),
+            })
+        }
     }
 
     async fn create_virtual(
@@ -929,6 +994,7 @@ impl<N: Netlink, S: Store> Manager<N, S> {
                 kind,
                 mtu: d.cfg.mtu,
                 mac: d.cfg.mac,
+                up: false,
             })
             .await
             .map_err(nerr)?;
@@ -995,10 +1061,14 @@ impl<N: Netlink, S: Store> Manager<N, S> {
         Ok(idx)
     }
 
-    /// Addresses, MAC, MTU, up, routes inside the pod.
-    async fn configure(pod: &N, idx: u32, d: &DeviceRecord) -> Result<NetData, NetlinkError> {
+    /// MTU, MAC, up, addresses and routes inside the pod, for the link `l` found there.
+    async fn configure(
+        pod: &N,
+        l: &crate::netlink::LinkInfo,
+        d: &DeviceRecord,
+    ) -> Result<NetData, NetlinkError> {
         pod.set_link(
-            idx,
+            l.index,
             &LinkChange {
                 mtu: d.cfg.mtu,
                 mac: d.cfg.mac,
@@ -1007,6 +1077,20 @@ impl<N: Netlink, S: Store> Manager<N, S> {
             },
         )
         .await?;
+        Self::add_addresses_and_routes(pod, l.index, d).await?;
+        Ok(NetData {
+            interface_name: d.ifname.clone(),
+            ips: d.cfg.addresses.clone(),
+            // The configured MAC was just set; without one the link keeps the MAC it was found with.
+            mac: d.cfg.mac.or(l.mac),
+        })
+    }
+
+    async fn add_addresses_and_routes(
+        pod: &N,
+        idx: u32,
+        d: &DeviceRecord,
+    ) -> Result<(), NetlinkError> {
         for a in &d.cfg.addresses {
             pod.add_address(idx, *a).await?;
         }
@@ -1019,12 +1103,7 @@ impl<N: Netlink, S: Store> Manager<N, S> {
             })
             .await?;
         }
-        let l = pod.find_link(&LinkId::Index(idx)).await?;
-        Ok(NetData {
-            interface_name: d.ifname.clone(),
-            ips: d.cfg.addresses.clone(),
-            mac: l.and_then(|l| l.mac).or(d.cfg.mac),
-        })
+        Ok(())
     }
 
     async fn attach_device(
@@ -1067,62 +1146,32 @@ impl<N: Netlink, S: Store> Manager<N, S> {
             return Ok(());
         }
         let pod = self.host.enter(&att.netns).await.map_err(nerr)?;
-        let target = self.host.open_target(&att.netns).map_err(nerr)?;
+        let target = pod.self_target().map_err(nerr)?;
+        if d.kind.is_virtual() && d.kind != NetKind::Veth {
+            d.net = self.create_in_pod(uid, i, d, &pod, &target).await?;
+            d.attached = Some(att.clone());
+            return Ok(());
+        }
         if let Some(l) = pod
             .find_link(&LinkId::Name(d.ifname.clone()))
             .await
             .map_err(nerr)?
         {
-            // Left by an earlier attempt for this very claim that died half-way: a virtual link
-            // is replaced, a physical one (marked with its host name) is given back to the host
-            // and moved in again below.
-            let alias = l.alias.as_deref();
-            if d.kind.is_virtual()
-                && l.kind.is_some()
-                && alias == Some(format!("{ALIAS_PREFIX}{uid}").as_str())
-            {
-                pod.delete_link(l.index).await.map_err(nerr)?;
-            } else if !d.kind.is_virtual()
-                && alias == Some(format!("{ALIAS_PREFIX}{uid}:{}", d.host_name).as_str())
-            {
-                let host_target = self.host.self_target().map_err(nerr)?;
-                pod.set_link(
-                    l.index,
-                    &LinkChange {
-                        up: Some(false),
-                        ..Default::default()
-                    },
-                )
-                .await
-                .map_err(nerr)?;
-                pod.move_link(l.index, &host_target, &d.host_name)
-                    .await
-                    .map_err(nerr)?;
-            } else {
-                return Err(ManagerError::Invalid {
-                    claim: uid.into(),
-                    field: format!("device {}: interfaceName", d.device),
-                    reason: format!("{:?} already exists in the pod network namespace", d.ifname),
-                });
-            }
+            self.clear_leftover(uid, d, &pod, &l).await?;
         }
         if d.kind.is_virtual() {
-            if d.kind == NetKind::Veth {
-                // The host end stays behind: create both here, then move the pod end (one
-                // request that also renames it).
-                let idx = self.create_virtual(uid, i, d).await?;
-                if let Err(e) = self.host.move_link(idx, &target, &d.ifname).await {
-                    // The kernel may have moved it before the rename failed: look on both sides.
-                    let _ = self.host.delete_link(idx).await;
-                    if let Ok(Some(l)) = pod.find_link(&LinkId::Name(d.host_name.clone())).await {
-                        let _ = pod.delete_link(l.index).await;
-                    }
-                    return Err(nerr(e));
+            // veth: the host end stays behind: create both here, then move the pod end (one
+            // request that also renames it).
+            let idx = self.create_virtual(uid, i, d).await?;
+            if let Err(e) = self.host.move_link(idx, &target, &d.ifname).await {
+                // The kernel may have moved it before the rename failed: look on both sides.
+                let _ = self.host.delete_link(idx).await;
+                if let Ok(Some(l)) = pod.find_link(&LinkId::Name(d.host_name.clone())).await {
+                    let _ = pod.delete_link(l.index).await;
                 }
-                drakit_types::crash::point("after-move-to-netns");
-            } else {
-                self.create_in_pod(uid, i, d, &pod, &target).await?;
+                return Err(nerr(e));
             }
+            drakit_types::crash::point("after-move-to-netns");
             let res = async {
                 let l = pod
                     .find_link(&LinkId::Name(d.ifname.clone()))
@@ -1131,7 +1180,7 @@ impl<N: Netlink, S: Store> Manager<N, S> {
                         op: "find moved link".into(),
                         link: d.ifname.clone(),
                     })?;
-                Self::configure(&pod, l.index, d).await
+                Self::configure(&pod, &l, d).await
             }
             .await;
             match res {
@@ -1198,7 +1247,7 @@ impl<N: Netlink, S: Store> Manager<N, S> {
                         op: "find moved link".into(),
                         link: d.ifname.clone(),
                     })?;
-                Self::configure(&pod, pl.index, d).await
+                Self::configure(&pod, &pl, d).await
             }
             .await;
             match res {

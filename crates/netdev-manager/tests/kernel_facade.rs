@@ -31,6 +31,7 @@ fn new(name: &str, kind: LinkKind) -> NewLink {
         kind,
         mtu: None,
         mac: None,
+        up: false,
     }
 }
 
@@ -298,4 +299,72 @@ async fn bad_input_gives_clear_errors() {
     assert!(matches!(e, NetlinkError::NetnsGone { .. }), "{e}");
     let e = RtNetlink::open(&path).await.unwrap_err();
     assert!(e.to_string().contains(&*path.to_string_lossy()), "{e}");
+}
+
+/// One request creates the link in the pod, under its final name, up, with MTU and MAC.
+#[tokio::test]
+async fn create_in_other_namespace_up_with_mtu_and_mac() {
+    let Some((h, p)) = pair() else { return };
+    uplink(&h);
+    let host = RtNetlink::open(&h.path()).await.unwrap();
+    let pod = RtNetlink::open(&p.path()).await.unwrap();
+    let parent = host
+        .find_link(&LinkId::Name("up0".into()))
+        .await
+        .unwrap()
+        .unwrap();
+    let mac = Mac([0x02, 0, 0, 0, 0x33, 0x44]);
+    let mut req = new(
+        "net1",
+        LinkKind::Macvlan {
+            parent: parent.index,
+            mode: MacvlanMode::Bridge,
+        },
+    );
+    req.mtu = Some(1400);
+    req.mac = Some(mac);
+    req.up = true;
+    host.create_link_in(&req, &pod.self_target().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(h.link_names(), vec!["lo", "up0", "up0p"]);
+    let l = pod
+        .find_link(&LinkId::Name("net1".into()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(l.up, "{l:?}");
+    assert_eq!((l.mtu, l.mac), (1400, Some(mac)));
+    let err = host
+        .create_link_in(&req, &pod.self_target().unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(err.errno(), Some(drakit_netdev::netlink::EEXIST), "{err}");
+}
+
+/// Opening a handle in another namespace leaves the calling thread in its own.
+#[tokio::test]
+async fn open_returns_the_thread_to_its_namespace() {
+    let Some(p) = TestNs::create("ret") else {
+        return;
+    };
+    let own = || std::fs::read_link("/proc/thread-self/ns/net").unwrap();
+    let before = own();
+    let pod = RtNetlink::open(&p.path()).await.unwrap();
+    assert_eq!(own(), before);
+    // The handle works in the pod (only lo there), not here.
+    let names: Vec<String> = pod
+        .links()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.name)
+        .collect();
+    assert_eq!(names, vec!["lo"]);
+    assert!(
+        RtNetlink::open(std::path::Path::new("/nonexistent/ns"))
+            .await
+            .is_err()
+    );
+    assert_eq!(own(), before);
 }

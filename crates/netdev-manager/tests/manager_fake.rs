@@ -167,8 +167,10 @@ async fn macvlan_nri_lifecycle() {
     assert_eq!(l.link, Some(w.eth0));
     assert_eq!(pod.routes().len(), 1);
     assert_eq!(w.fake.names_in(HOST), HOST_LINKS);
-    // Attaching again (NRI retry) is a no-op.
-    assert_eq!(m.attach_pod(&attach("pod-a")).await.unwrap(), a);
+    // Attaching again (NRI retry) is a no-op, and says the device was already in place.
+    let mut again = a.clone();
+    again.interfaces[0].already_attached = true;
+    assert_eq!(m.attach_pod(&attach("pod-a")).await.unwrap(), again);
 
     let d = m
         .detach_pod(&pb::DetachPodRequest {
@@ -226,6 +228,7 @@ async fn bad_input_leaves_nothing_behind() {
         kind: LinkKind::Dummy,
         mtu: None,
         mac: None,
+        up: false,
     })
     .await
     .unwrap();
@@ -390,6 +393,7 @@ async fn veth_host_end_enslaved_to_bridge() {
             kind: LinkKind::Bridge,
             mtu: None,
             mac: None,
+            up: false,
         })
         .await
         .unwrap();
@@ -649,14 +653,16 @@ async fn hook_mode_edit_and_attach_from_oci_state() {
         vec!["10.7.0.2/24"]
     );
     assert_eq!(w.fake.names_in("/fake/proc/4242/ns/net"), ["net7"]);
-    // Second container of the same pod: same answer, nothing new.
-    let b = m
+    // Second container of the same pod: same answer (already in place), nothing new.
+    let mut b = m
         .hook_attach(&pb::HookAttachRequest {
             claim_uid: "k1".into(),
             oci_state_json: state.into(),
         })
         .await
         .unwrap();
+    assert!(b.interfaces[0].already_attached);
+    b.interfaces[0].already_attached = false;
     assert_eq!(a, b);
     // Wrong pod, unknown claim, garbage state.
     let other = state.replace("pod-h", "pod-x");
@@ -715,6 +721,7 @@ async fn crash_between_create_and_move_is_cleaned_up_on_restart() {
             kind: LinkKind::Dummy,
             mtu: None,
             mac: None,
+            up: false,
         })
         .await
         .unwrap();

@@ -323,7 +323,7 @@ impl super::Netlink for FakeNetlink {
             kind: Some(req.kind.kernel_kind().into()),
             mac: req.mac.or(Some(mk_mac(mac_seed))),
             mtu,
-            up: false,
+            up: req.up,
             alias: None,
             link: parent.map(|p| p.0),
             master: None,
@@ -337,6 +337,8 @@ impl super::Netlink for FakeNetlink {
                 name: peer.clone(),
                 mac: Some(mk_mac(mac_seed + 1)),
                 link: Some(index),
+                // The peer has its own flags: `up` is for the new link only.
+                up: false,
                 ..info.clone()
             };
             links.insert(

@@ -3,9 +3,9 @@
 //! [`fake`] and the real implementation ([`real::RtNetlink`]) is exercised by kernel tests.
 //!
 //! A `Netlink` value is bound to one network namespace. [`Netlink::enter`] gives a handle on
-//! another namespace; the real implementation opens the netlink socket for it on a dedicated OS
-//! thread (a socket belongs to the namespace of the thread that created it), never on a tokio
-//! worker.
+//! another namespace; the real implementation creates the netlink socket for it with the calling
+//! thread briefly inside that namespace (a socket belongs to the namespace of the thread that
+//! created it) and back in its own before anything else can run on that thread.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -124,6 +124,9 @@ pub struct NewLink {
     pub kind: LinkKind,
     pub mtu: Option<u32>,
     pub mac: Option<Mac>,
+    /// Bring it up in the create request itself (`IFF_UP`; the kernel applies it once the link
+    /// is registered, so no separate request is needed).
+    pub up: bool,
 }
 
 /// Attributes to change on an existing link; `None` leaves one alone.
