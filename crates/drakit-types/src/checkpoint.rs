@@ -252,14 +252,43 @@ pub struct Checkpoint<V> {
     records: usize,
     /// An append failed and could not be undone: rewrite before the next append.
     needs_rewrite: bool,
-    /// Exclusive advisory lock on `<name>.lock`, held for the checkpoint's lifetime.
-    _lock: nix::fcntl::Flock<File>,
+    /// Exclusive advisory lock on `<name>.lock`, held for the checkpoint's lifetime (none when
+    /// opened with [`Checkpoint::open_shared`]).
+    _lock: Option<nix::fcntl::Flock<File>>,
+}
+
+/// What [`Checkpoint::refresh`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refreshed {
+    /// The file is as this handle left it.
+    Unchanged,
+    /// Another process appended these many records; they were applied.
+    Appended { records: usize },
+    /// Another process replaced the file (compaction, repair): it was read again as a whole.
+    /// A torn tail was cut off, a corrupt file moved aside (the state is then empty), as on open.
+    Reloaded {
+        records: usize,
+        torn_tail: Option<TornTail>,
+        corruption: Option<Corruption>,
+    },
 }
 
 impl<V: Serialize + DeserializeOwned> Checkpoint<V> {
     /// Opens (or creates) the checkpoint. Fails only on I/O errors or an unreadable boot ID;
     /// content problems are repaired and described in the report.
     pub fn open(opts: Options) -> Result<(Self, LoadReport), CheckpointError> {
+        Self::open_inner(opts, true)
+    }
+
+    /// Like [`Checkpoint::open`], for a file that several processes take turns at: the old and
+    /// the new instance of a daemon side by side during a rolling update with surge. No lock is
+    /// taken; the caller serializes across processes with its own lock, holds it around `open`
+    /// and every mutation, and calls [`Checkpoint::refresh`] each time it acquires it.
+    pub fn open_shared(opts: Options) -> Result<(Self, LoadReport), CheckpointError> {
+        Self::open_inner(opts, false)
+    }
+
+    fn open_inner(opts: Options, exclusive: bool) -> Result<(Self, LoadReport), CheckpointError> {
         let path = opts.path();
         let boot_id = opts
             .boot_id
@@ -276,7 +305,14 @@ impl<V: Serialize + DeserializeOwned> Checkpoint<V> {
             return Err(CheckpointError::BadBootId { path, boot_id });
         }
         fsutil::create_dir_durable(&opts.dir, 0o700, opts.durability)?;
-        let lock = lock_file(&opts.dir.join(format!("{}.lock", opts.name)), &path)?;
+        let lock = if exclusive {
+            Some(lock_file(
+                &opts.dir.join(format!("{}.lock", opts.name)),
+                &path,
+            )?)
+        } else {
+            None
+        };
         let removed_temp_files =
             fsutil::remove_temp_files_matching(&opts.dir, |target| target == opts.name)?;
 
@@ -427,6 +463,99 @@ impl<V: Serialize + DeserializeOwned> Checkpoint<V> {
         self.len = len;
         self.records = self.map.len();
         self.needs_rewrite = false;
+        Ok(())
+    }
+
+    /// Picks up what another process did to the file since this handle last touched it (see
+    /// [`Checkpoint::open_shared`]; call it with the cross-process lock held). Records appended
+    /// to the same file are applied; a replaced file (the other process compacted it) is read
+    /// again as a whole. A torn last record, which only a writer that died mid-append leaves, is
+    /// cut off so that the next append does not follow it.
+    pub fn refresh(&mut self) -> Result<Refreshed, CheckpointError> {
+        use std::os::unix::fs::MetadataExt;
+        let on_disk = match fs::metadata(&self.path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Nobody removes the file; if it is gone, write it again from what we hold.
+                self.needs_rewrite = true;
+                return Ok(Refreshed::Unchanged);
+            }
+            Err(e) => return Err(FsError::new(Step::Read, &self.path, e).into()),
+        };
+        let ours = self
+            .file
+            .metadata()
+            .map_err(|e| FsError::new(Step::Read, &self.path, e))?;
+        // The open handle keeps our inode allocated, so an equal number is the same file.
+        let same_file = on_disk.dev() == ours.dev() && on_disk.ino() == ours.ino();
+        if same_file && on_disk.len() == self.len && !self.needs_rewrite {
+            return Ok(Refreshed::Unchanged);
+        }
+        let bytes = fs::read(&self.path).map_err(|e| FsError::new(Step::Read, &self.path, e))?;
+        if same_file && bytes.len() as u64 > self.len {
+            let start = self.len as usize;
+            let mut map = std::mem::take(&mut self.map);
+            let parsed = parse_records::<V>(&bytes, start, self.records, &mut map);
+            self.map = map;
+            if let Ok((valid_len, records)) = parsed {
+                let appended = records - self.records;
+                self.records = records;
+                self.len = valid_len as u64;
+                if valid_len < bytes.len() {
+                    self.cut_torn_tail()?;
+                }
+                return Ok(Refreshed::Appended { records: appended });
+            }
+            // Garbage after good records: read the whole file again (moves it aside).
+        }
+        self.reload(&bytes)
+    }
+
+    /// Reads the whole file again after another process replaced or damaged it.
+    fn reload(&mut self, bytes: &[u8]) -> Result<Refreshed, CheckpointError> {
+        match parse::<V>(bytes) {
+            Ok(parsed) => {
+                let torn_tail = (parsed.valid_len < bytes.len()).then(|| TornTail {
+                    offset: parsed.valid_len as u64,
+                    dropped_bytes: (bytes.len() - parsed.valid_len) as u64,
+                });
+                self.map = parsed.map;
+                self.records = parsed.records;
+                self.len = parsed.valid_len as u64;
+                self.file = open_append(&self.path)?;
+                self.needs_rewrite = false;
+                if torn_tail.is_some() {
+                    self.cut_torn_tail()?;
+                }
+                Ok(Refreshed::Reloaded {
+                    records: parsed.records,
+                    torn_tail,
+                    corruption: None,
+                })
+            }
+            Err(reason) => {
+                let moved_to = move_aside(&self.path)?;
+                self.map.clear();
+                self.compact()?;
+                Ok(Refreshed::Reloaded {
+                    records: 0,
+                    torn_tail: None,
+                    corruption: Some(Corruption { reason, moved_to }),
+                })
+            }
+        }
+    }
+
+    /// Truncates the file to the valid length (durably with [`Durability::Fsync`]).
+    fn cut_torn_tail(&mut self) -> Result<(), CheckpointError> {
+        self.file
+            .set_len(self.len)
+            .map_err(|e| FsError::new(Step::Write, &self.path, e))?;
+        if self.opts.durability == Durability::Fsync {
+            self.file
+                .sync_data()
+                .map_err(|e| FsError::new(Step::SyncFile, &self.path, e))?;
+        }
         Ok(())
     }
 
@@ -631,8 +760,24 @@ fn parse<V: DeserializeOwned>(b: &[u8]) -> Result<Parsed<V>, String> {
         .to_string();
 
     let mut map = BTreeMap::new();
-    let mut pos = hdr_end + 4;
-    let mut records = 0usize;
+    let (valid_len, records) = parse_records(b, hdr_end + 4, 0, &mut map)?;
+    Ok(Parsed {
+        boot_id,
+        map,
+        records,
+        valid_len,
+    })
+}
+
+/// Applies the records of `b` from offset `pos` on to `map`; `records` counts those before
+/// `pos`. Returns the end of the last good record and the record count, or why the file is
+/// corrupt. A damaged last record (a torn append) ends the valid part without an error.
+fn parse_records<V: DeserializeOwned>(
+    b: &[u8],
+    mut pos: usize,
+    mut records: usize,
+    map: &mut BTreeMap<String, V>,
+) -> Result<(usize, usize), String> {
     while pos < b.len() {
         let rest = &b[pos..];
         let bad = |what: String| -> Result<(), String> {
@@ -682,12 +827,7 @@ fn parse<V: DeserializeOwned>(b: &[u8]) -> Result<Parsed<V>, String> {
         records += 1;
         pos += end;
     }
-    Ok(Parsed {
-        boot_id,
-        map,
-        records,
-        valid_len: pos.min(b.len()),
-    })
+    Ok((pos.min(b.len()), records))
 }
 
 #[cfg(test)]

@@ -21,8 +21,10 @@ pub enum Durability {
     /// fsync the file and its directory (the only setting for production).
     #[default]
     Fsync,
-    /// Skip every fsync. For benchmarks that want to separate CPU cost from disk cost only: a
-    /// crash may lose or (for journals) tear what was written.
+    /// Skip every fsync. For benchmarks that want to separate CPU cost from disk cost, and for
+    /// files that are rebuilt from a durable record at every start (the kubelet plugin's CDI
+    /// specs, rebuilt from its checkpoint): a crash may lose or (for journals) tear what was
+    /// written.
     None,
 }
 
@@ -128,6 +130,21 @@ pub fn atomic_write_with<F>(
 where
     F: FnOnce(&mut dyn Write) -> io::Result<()>,
 {
+    atomic_write_hooked(path, mode, durability, fill, || {})
+}
+
+/// [`atomic_write_with`] that calls `before_rename` once the temp file is complete (and synced)
+/// and before it is renamed over the target: the place of a crash-injection point.
+pub(crate) fn atomic_write_hooked<F>(
+    path: &Path,
+    mode: u32,
+    durability: Durability,
+    fill: F,
+    before_rename: impl FnOnce(),
+) -> Result<(), FsError>
+where
+    F: FnOnce(&mut dyn Write) -> io::Result<()>,
+{
     let dir = parent_dir(path);
     let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
         FsError::new(
@@ -137,8 +154,10 @@ where
         )
     })?;
     let tmp = dir.join(temp_name(name));
-    let result = write_temp(&tmp, mode, durability, fill)
-        .and_then(|()| fs::rename(&tmp, path).map_err(|e| FsError::new(Step::Rename, path, e)));
+    let result = write_temp(&tmp, mode, durability, fill).and_then(|()| {
+        before_rename();
+        fs::rename(&tmp, path).map_err(|e| FsError::new(Step::Rename, path, e))
+    });
     if let Err(e) = result {
         // Best effort: the temp file must not linger; a failure here is swept by
         // remove_temp_files later.

@@ -226,3 +226,55 @@ fn write_rechecks_a_spec_changed_after_build() {
     assert!(dir.list().unwrap().is_empty());
     assert!(names(tmp.path()).is_empty());
 }
+
+#[test]
+fn a_spec_read_back_from_its_json_writes_the_same_bytes() {
+    let s = spec("uid-7", "a");
+    let json = s.to_json().unwrap();
+    let back = ClaimSpec::from_json(VENDOR, "claim", "uid-7", &json).unwrap();
+    assert_eq!(back, s);
+    assert_eq!(back.to_json().unwrap(), json);
+    // An older compact rendering with other device names and a higher declared version loads,
+    // keeps its names and gets its minimum version.
+    let old = br#"{"cdiVersion":"0.5.0","kind":"net.drakit.dev/claim","devices":[{"name":"7d-eth1","containerEdits":{"env":["A=1"]}}],"containerEdits":{}}"#;
+    let back = ClaimSpec::from_json(VENDOR, "claim", "7d", old).unwrap();
+    assert_eq!(
+        back.device_ids,
+        vec!["net.drakit.dev/claim=7d-eth1".to_string()]
+    );
+    assert_eq!(back.spec.cdi_version, "0.5.0"); // the name starts with a digit
+    // Refused, naming the claim: another kind, bad JSON, an invalid spec.
+    let e = ClaimSpec::from_json("cpu.drakit.dev", "claim", "uid-7", &json).unwrap_err();
+    assert!(e.to_string().contains("uid-7"), "{e}");
+    let e = ClaimSpec::from_json(VENDOR, "claim", "uid-7", b"{\"cdiVersion\":").unwrap_err();
+    assert!(e.to_string().contains("claim uid-7"), "{e}");
+    let bad = br#"{"cdiVersion":"0.3.0","kind":"net.drakit.dev/claim","devices":[{"name":"x","containerEdits":{"env":["noequals"]}}]}"#;
+    let e = ClaimSpec::from_json(VENDOR, "claim", "uid-7", bad).unwrap_err();
+    assert!(e.to_string().contains("claim uid-7"), "{e}");
+}
+
+#[test]
+fn ensure_json_writes_only_what_is_missing_or_different() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = SpecDir::new(tmp.path(), VENDOR, "claim").unwrap();
+    let s = spec("uid-8", "a");
+    let json = s.to_json().unwrap();
+    assert_eq!(
+        dir.ensure_json("uid-8", &json).unwrap(),
+        WriteOutcome::Written
+    );
+    assert_eq!(fs::read(dir.path_for("uid-8")).unwrap(), json);
+    assert_eq!(
+        dir.ensure_json("uid-8", &json).unwrap(),
+        WriteOutcome::Unchanged
+    );
+    fs::write(dir.path_for("uid-8"), b"{}").unwrap();
+    assert_eq!(
+        dir.ensure_json("uid-8", &json).unwrap(),
+        WriteOutcome::Written
+    );
+    assert_eq!(fs::read(dir.path_for("uid-8")).unwrap(), json);
+    // What does not decode is refused and not written.
+    assert!(dir.ensure_json("uid-9", b"{").is_err());
+    assert!(!dir.path_for("uid-9").exists());
+}

@@ -411,6 +411,53 @@ fn a_second_opener_is_refused_while_the_first_holds_it() {
     assert_eq!(cp.get("a"), Some(&claim(1)));
 }
 
+#[test]
+fn shared_openers_take_turns_and_see_each_other() {
+    use drakit_types::checkpoint::Refreshed;
+    let tmp = tempfile::tempdir().unwrap();
+    let o = opts(tmp.path(), "boot-1");
+    let (mut a, _) = Checkpoint::<Claim>::open_shared(o.clone()).unwrap();
+    a.put("a", claim(1)).unwrap();
+    // A second shared opener is not refused (the caller serializes), and sees a's record.
+    let (mut b, _) = Checkpoint::<Claim>::open_shared(o.clone()).unwrap();
+    assert_eq!(b.get("a"), Some(&claim(1)));
+    assert_eq!(a.refresh().unwrap(), Refreshed::Unchanged);
+    b.put("b", claim(2)).unwrap();
+    b.remove("a").unwrap();
+    assert_eq!(a.refresh().unwrap(), Refreshed::Appended { records: 2 });
+    assert_eq!(a.entries().keys().collect::<Vec<_>>(), vec!["b"]);
+    // a appends after b's records, not over them.
+    a.put("c", claim(3)).unwrap();
+    assert_eq!(b.refresh().unwrap(), Refreshed::Appended { records: 1 });
+    assert_eq!(b.len(), 2);
+    // A compaction replaces the file: the other handle reads it again and appends to the new one.
+    b.compact().unwrap();
+    assert!(matches!(
+        a.refresh().unwrap(),
+        Refreshed::Reloaded { records: 2, .. }
+    ));
+    a.put("d", claim(4)).unwrap();
+    assert_eq!(b.refresh().unwrap(), Refreshed::Appended { records: 1 });
+    assert_eq!(a.entries(), b.entries());
+    // A torn record left by a writer that died mid-append is cut before the next append.
+    let mut f = fs::OpenOptions::new().append(true).open(o.path()).unwrap();
+    std::io::Write::write_all(&mut f, &record("{\"put\":[\"x\",")[..10]).unwrap();
+    drop(f);
+    assert_eq!(a.refresh().unwrap(), Refreshed::Appended { records: 0 });
+    a.put("e", claim(5)).unwrap();
+    drop((a, b));
+    let (cp, r) = open(tmp.path());
+    assert!(r.warnings().is_empty(), "{:?}", r.warnings());
+    assert_eq!(
+        cp.entries().keys().collect::<Vec<_>>(),
+        vec!["b", "c", "d", "e"]
+    );
+    // An exclusive opener still locks out the next exclusive one; shared ones take no lock.
+    let e = Checkpoint::<Claim>::open(o.clone()).unwrap_err();
+    assert!(e.to_string().contains("in use"), "{e}");
+    drop(cp);
+}
+
 /// Unmounts a test tmpfs even when the test fails.
 struct Mounted(PathBuf);
 

@@ -12,10 +12,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use drakit_e2e::apiserver::{ApiServerSim, ClaimBuilder, node};
-use drakit_kubelet_plugin::cdi::CdiWriter;
-use drakit_kubelet_plugin::checkpoint::{ClaimRecord, DeviceRecord, Journal};
 use drakit_kubelet_plugin::config::{BackendKind, Config, DriverSpec};
 use drakit_kubelet_plugin::plugin::{Plugin, kube_client};
+use drakit_kubelet_plugin::state::{
+    ClaimRecord, DeviceRecord, StateOptions, claim_device, claim_spec, open_checkpoint, spec_dir,
+};
 use drakit_proto::dra::v1;
 use drakit_proto::pluginregistration::InfoRequest;
 use drakit_proto::pluginregistration::registration_client::RegistrationClient;
@@ -187,7 +188,14 @@ async fn pieces(s: &Setup, n: usize, state_parent: &Path, cdi_parent: &Path) {
     report("piece: kube GET ResourceClaim", &mut get);
     // Journal append + fdatasync.
     let tmp = tempfile::tempdir_in(state_parent).expect("tmp");
-    let mut j = Journal::open(&tmp.path().join("j"), DRIVER, "boot", true).expect("journal");
+    let mut j = open_checkpoint(&StateOptions {
+        dir: tmp.path().join("j"),
+        driver: DRIVER.into(),
+        boot_id: "boot".into(),
+        durability: drakit_types::checkpoint::Durability::Fsync,
+        shared: false,
+    })
+    .expect("checkpoint");
     let mut app = Vec::new();
     for i in 0..300 {
         let rec = ClaimRecord {
@@ -207,22 +215,31 @@ async fn pieces(s: &Setup, n: usize, state_parent: &Path, cdi_parent: &Path) {
             reserved_for_pods: vec!["pod-uid".into()],
         };
         let t = Instant::now();
-        j.record_prepared(rec).expect("append");
+        j.put(&format!("uid-{i}"), rec).expect("append");
         app.push(t.elapsed());
     }
     report("piece: checkpoint append + fdatasync (ext4)", &mut app);
     for (label, dir) in [("ext4", state_parent), ("tmpfs", cdi_parent)] {
         let tmp = tempfile::tempdir_in(dir).expect("tmp");
-        let w = CdiWriter::new(tmp.path(), DRIVER);
-        let bytes = vec![b'x'; 600];
+        let w = spec_dir(tmp.path(), DRIVER).expect("spec dir");
+        let edits = drakit_proto::drakit::ContainerEdits {
+            env: vec![format!("DRAKIT_RUNTIME_SPEC_x={}", "y".repeat(400))],
+            ..Default::default()
+        };
         let mut wr = Vec::new();
         for i in 0..300 {
+            let spec = claim_spec(
+                DRIVER,
+                &format!("uid-{i}"),
+                vec![claim_device("spec-edit-0", None, &edits)],
+            )
+            .expect("spec");
             let t = Instant::now();
-            w.write(&format!("uid-{i}"), &bytes).expect("write");
+            w.write(&spec).expect("write");
             wr.push(t.elapsed());
         }
         report(
-            &format!("piece: CDI spec write (temp + rename, no fsync, {label})"),
+            &format!("piece: CDI spec write (check, encode, temp + rename, no fsync, {label})"),
             &mut wr,
         );
     }

@@ -9,11 +9,13 @@ use drakit_proto::drakit::{Health, Inventory, PrepareRequest, PreparedDevice, Un
 use tracing::Instrument;
 
 use crate::backend::{Backend, BackendError};
-use crate::cdi::{CdiDevice, CdiWriter, device_name};
-use crate::checkpoint::{CheckpointError, ClaimRecord, DeviceRecord, Journal};
+use drakit_types::cdi::SpecDir;
+use drakit_types::checkpoint::Refreshed;
+
 use crate::claims::{ClaimRef, ClaimSource, ClaimWork, extract, fetch_with_retry};
 use crate::metrics::DriverMetrics;
 use crate::sockets::SerializeLock;
+use crate::state::{ClaimCheckpoint, ClaimRecord, DeviceRecord, claim_device, claim_spec};
 
 /// Health of one published device, for the kubelet's health stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,8 +34,12 @@ pub struct DriverParams {
     pub node_name: String,
     pub claims: Arc<dyn ClaimSource>,
     pub backend: Arc<dyn Backend>,
-    pub cdi: CdiWriter,
-    pub journal: Journal,
+    /// This driver's claim specs in the CDI dir.
+    pub cdi: SpecDir,
+    /// This driver's claim records.
+    pub checkpoint: ClaimCheckpoint,
+    /// The node's boot ID, passed to the backend (empty when unreadable).
+    pub boot_id: String,
     /// Held around each call when several instances may run (rolling update).
     pub serialize_lock: Option<SerializeLock>,
     /// How long to keep retrying the API server for one call.
@@ -72,21 +78,15 @@ impl std::fmt::Debug for StatusSink {
     }
 }
 
-/// Errors of building a driver.
-#[derive(Debug, thiserror::Error)]
-pub enum DriverError {
-    #[error(transparent)]
-    Checkpoint(#[from] CheckpointError),
-}
-
 /// One DRA driver.
 pub struct Driver {
     name: String,
     node_name: String,
     claims: Arc<dyn ClaimSource>,
     backend: Arc<dyn Backend>,
-    cdi: CdiWriter,
-    journal: Mutex<Journal>,
+    cdi: SpecDir,
+    journal: Mutex<ClaimCheckpoint>,
+    boot_id: String,
     call_lock: tokio::sync::Mutex<()>,
     serialize: bool,
     serialize_lock: Option<SerializeLock>,
@@ -151,7 +151,8 @@ impl Driver {
             claims: p.claims,
             backend: p.backend,
             cdi: p.cdi,
-            journal: Mutex::new(p.journal),
+            journal: Mutex::new(p.checkpoint),
+            boot_id: p.boot_id,
             call_lock: tokio::sync::Mutex::new(()),
             serialize: p.serialize,
             serialize_lock: p.serialize_lock,
@@ -187,7 +188,7 @@ impl Driver {
 
     /// UIDs of the claims in the checkpoint.
     pub fn prepared_claims(&self) -> Vec<String> {
-        lock(&self.journal).claims().keys().cloned().collect()
+        lock(&self.journal).entries().keys().cloned().collect()
     }
 
     /// Writes every checkpointed claim's CDI spec that is missing or differs, and removes specs
@@ -197,31 +198,39 @@ impl Driver {
             return;
         }
         let j = lock(&self.journal);
-        for rec in j.claims().values() {
-            if rec.cdi_spec.is_empty() || self.cdi.is_current(&rec.uid, rec.cdi_spec.as_bytes()) {
-                continue;
-            }
-            if let Err(e) = self.cdi.write(&rec.uid, rec.cdi_spec.as_bytes()) {
-                tracing::error!(driver = %self.name, claim.uid = %rec.uid, error = %e, "rebuilding CDI spec");
+        let mut desired = Vec::new();
+        for rec in j.entries().values().filter(|r| !r.cdi_spec.is_empty()) {
+            match drakit_types::cdi::ClaimSpec::from_json(
+                self.cdi.vendor(),
+                self.cdi.class(),
+                &rec.uid,
+                rec.cdi_spec.as_bytes(),
+            ) {
+                Ok(spec) => desired.push(spec),
+                Err(e) => {
+                    tracing::error!(driver = %self.name, claim.uid = %rec.uid, error = %e, "rebuilding CDI spec")
+                }
             }
         }
-        for uid in self.cdi.list() {
-            if !j.claims().contains_key(&uid) {
-                let _ = self.cdi.remove(&uid);
-            }
+        // Missing or different specs written, specs of this driver the checkpoint does not know
+        // (a crash between the two) removed, and temp files of a writer that died before its
+        // rename swept.
+        let report = self.cdi.rebuild(&desired);
+        for e in &report.errors {
+            tracing::error!(driver = %self.name, error = %e, "rebuilding CDI specs");
         }
-        // A writer that died between its temp file and the rename left the temp file behind.
-        for tmp in self.cdi.temp_files() {
-            if let Err(e) = std::fs::remove_file(&tmp) {
-                tracing::warn!(driver = %self.name, path = %tmp.display(), error = %e, "removing a stale CDI temp file");
-            }
+        let old_temps = crate::legacy::remove_old_cdi_temp_files(self.cdi.dir(), &self.name);
+        if !report.written.is_empty() || !report.removed.is_empty() || old_temps > 0 {
+            tracing::info!(driver = %self.name, written = report.written.len(),
+                removed = report.removed.len(),
+                temp_files = report.removed_temp_files.len() + old_temps, "CDI specs rebuilt");
         }
     }
 
     /// Re-sends every checkpointed claim to the backend (idempotent prepare), so a backend that
     /// lost its state gets it back. Errors are logged; the checkpoint stays authoritative.
     pub async fn reconcile_backend(&self) {
-        let recs: Vec<ClaimRecord> = lock(&self.journal).claims().values().cloned().collect();
+        let recs: Vec<ClaimRecord> = lock(&self.journal).entries().values().cloned().collect();
         for rec in recs {
             let claim = ClaimRef {
                 namespace: rec.namespace.clone(),
@@ -232,7 +241,7 @@ impl Driver {
                 claim: Some((&claim).into()),
                 devices: rec.allocated.clone(),
                 reserved_for_pods: rec.reserved_for_pods.clone(),
-                boot_id: lock(&self.journal).boot_id().to_owned(),
+                boot_id: self.boot_id.clone(),
             };
             match self.backend.prepare(req).await {
                 // The status write of the first prepare may have died with the process: write
@@ -331,7 +340,16 @@ impl Driver {
             Some(l) => {
                 let g = l.acquire().await.map_err(|e| e.to_string())?;
                 // Another instance may have prepared or unprepared claims meanwhile.
-                lock(&self.journal).refresh().map_err(|e| e.to_string())?;
+                let r = lock(&self.journal).refresh().map_err(|e| e.to_string())?;
+                if let Refreshed::Reloaded {
+                    torn_tail,
+                    corruption,
+                    ..
+                } = &r
+                    && (torn_tail.is_some() || corruption.is_some())
+                {
+                    tracing::warn!(driver = %self.name, ?torn_tail, ?corruption, "checkpoint repaired after another instance");
+                }
                 Some(g)
             }
             None => None,
@@ -412,12 +430,11 @@ impl Driver {
             .map(|d| (d.device.clone(), d.share_id.clone()))
             .collect();
         self.map_slots(&mut work);
-        let boot_id = lock(&self.journal).boot_id().to_owned();
         let req = PrepareRequest {
             claim: Some(c.into()),
             devices: work.devices.clone(),
             reserved_for_pods: work.reserved_for_pods.clone(),
-            boot_id,
+            boot_id: self.boot_id.clone(),
         };
         let resp = self.backend.prepare(req).await.map_err(|e| match e {
             BackendError::Refused { message } => format!("claim {c}: {message}"),
@@ -434,51 +451,56 @@ impl Driver {
                 _ => (pd.device.clone(), pd.share_id.clone()),
             };
             let share = (!share.is_empty()).then_some(share);
-            let mut ids = Vec::new();
-            if let Some(edits) = &pd.edits
-                && *edits != Default::default()
-            {
-                let name = device_name(&c.uid, &published, share.as_deref());
-                ids.push(self.cdi.device_id(&name));
-                cdi_devices.push(CdiDevice {
-                    name,
-                    edits: edits.clone(),
-                });
-            }
+            // Devices without edits get no CDI device (CDI refuses empty ones).
+            let with_cdi = pd
+                .edits
+                .as_ref()
+                .filter(|e| **e != Default::default())
+                .map(|edits| claim_device(&published, share.as_deref(), edits));
+            // The ID is filled in from the built spec below, in device order.
             records.push(DeviceRecord {
                 requests: pd.requests.clone(),
                 pool: pd.pool.clone(),
                 device: published,
                 share_id: share,
-                cdi_device_ids: ids,
+                cdi_device_ids: Vec::with_capacity(usize::from(with_cdi.is_some())),
             });
+            if let Some(d) = with_cdi {
+                cdi_devices.push((records.len() - 1, d));
+            }
         }
-        let spec = if cdi_devices.is_empty() {
-            Vec::new()
-        } else {
-            self.cdi
-                .render(&cdi_devices)
-                .map_err(|e| format!("claim {c}: {e}"))?
-        };
-        if self.write_cdi && !spec.is_empty() {
-            self.cdi
-                .write(&c.uid, &spec)
-                .map_err(|e| format!("claim {c}: {e}"))?;
-            drakit_types::crash::point("prepare-after-cdi-write");
+        let mut spec_json = Vec::new();
+        if !cdi_devices.is_empty() {
+            let owners: Vec<usize> = cdi_devices.iter().map(|(i, _)| *i).collect();
+            let spec = claim_spec(
+                &self.name,
+                &c.uid,
+                cdi_devices.into_iter().map(|(_, d)| d).collect(),
+            )
+            .map_err(|e| format!("claim {c}: {e}"))?;
+            for (i, id) in owners.into_iter().zip(&spec.device_ids) {
+                records[i].cdi_device_ids.push(id.clone());
+            }
+            spec_json = spec.to_json().map_err(|e| format!("claim {c}: {e}"))?;
+            if self.write_cdi {
+                self.cdi
+                    .write(&spec)
+                    .map_err(|e| format!("claim {c}: writing CDI spec: {e}"))?;
+                drakit_types::crash::point("prepare-after-cdi-write");
+            }
         }
-        let boot_id = lock(&self.journal).boot_id().to_owned();
         let rec = ClaimRecord {
             namespace: c.namespace.clone(),
             name: c.name.clone(),
             uid: c.uid.clone(),
             devices: records.clone(),
-            cdi_spec: String::from_utf8(spec).unwrap_or_default(),
-            boot_id,
+            cdi_spec: String::from_utf8(spec_json).unwrap_or_default(),
+            boot_id: self.boot_id.clone(),
             allocated: work.devices.clone(),
             reserved_for_pods: work.reserved_for_pods.clone(),
         };
         lock(&self.journal)
-            .record_prepared(rec)
+            .put(&c.uid, rec)
             .map_err(|e| format!("claim {c}: {e}"))?;
         drakit_types::crash::point("prepare-after-checkpoint");
         self.queue_status(c, &resp.devices, &records);
@@ -558,13 +580,10 @@ impl Driver {
         let Some(rec) = j.get(&c.uid) else {
             return Err(format!("claim {c}: vanished from the checkpoint"));
         };
-        if self.write_cdi
-            && !rec.cdi_spec.is_empty()
-            && !self.cdi.is_current(&c.uid, rec.cdi_spec.as_bytes())
-        {
+        if self.write_cdi && !rec.cdi_spec.is_empty() {
             self.cdi
-                .write(&c.uid, rec.cdi_spec.as_bytes())
-                .map_err(|e| format!("claim {c}: {e}"))?;
+                .ensure_json(&c.uid, rec.cdi_spec.as_bytes())
+                .map_err(|e| format!("claim {c}: writing CDI spec: {e}"))?;
         }
         Ok(rec.devices.clone())
     }
@@ -637,13 +656,15 @@ impl Driver {
         drakit_types::crash::point("unprepare-after-backend");
         lock(&self.status_pending).remove(&c.uid);
         if self.write_cdi {
-            self.cdi
-                .remove(&c.uid)
-                .map_err(|e| format!("claim {c}: {e}"))?;
+            match self.cdi.remove(&c.uid) {
+                // A UID that cannot name a spec file never got one.
+                Ok(_) | Err(drakit_types::cdi::CdiError::InvalidName { .. }) => {}
+                Err(e) => return Err(format!("claim {c}: removing CDI spec: {e}")),
+            }
             drakit_types::crash::point("unprepare-after-cdi-remove");
         }
         lock(&self.journal)
-            .record_unprepared(&c.uid)
+            .remove(&c.uid)
             .map_err(|e| format!("claim {c}: {e}"))?;
         drakit_types::crash::point("unprepare-after-checkpoint");
         Ok(())

@@ -10,23 +10,24 @@
 //! | [`claims`] | reading ResourceClaims with retry, picking this driver's devices and configs |
 //! | [`backend`] | the internal Backend service client and the [`backend::Backend`] seam |
 //! | [`runtime`] | the in-process runtime-spec backend (policy, cgroup mode, CDI env) |
-//! | [`cdi`], [`checkpoint`] | per-claim CDI specs, the fsync'd append-only journal |
+//! | [`state`] | the claim records in a `drakit_types::checkpoint`, CDI specs by `drakit_types::cdi` |
+//! | [`legacy`] | import of the earlier checkpoint format |
 //! | [`slices`], [`status`] | ResourceSlice publishing, claim status, by server-side apply |
 //! | [`metrics`] | Prometheus text, `/healthz`, `/readyz` |
 //! | [`lazy`] | a kube client that registration does not wait for |
 //! | [`sockets`] | socket names (rolling update), binding, serialize lock, unix connector |
 
 pub mod backend;
-pub mod cdi;
-pub mod checkpoint;
 pub mod claims;
 pub mod config;
 pub mod driver;
 pub mod grpc;
 pub mod lazy;
+pub mod legacy;
 pub mod metrics;
 pub mod plugin;
 pub mod runtime;
 pub mod slices;
 pub mod sockets;
+pub mod state;
 pub mod status;

@@ -9,13 +9,12 @@ use drakit_proto::dra::{v1, v1beta1};
 use drakit_proto::health::{v1 as hv1, v1alpha1 as hv1alpha1};
 use drakit_proto::pluginregistration::registration_server::RegistrationServer;
 use drakit_proto::uds::server::MAX_REQUEST_BYTES;
+use drakit_types::checkpoint::Durability;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::backend::{Backend, GrpcBackend};
-use crate::cdi::CdiWriter;
-use crate::checkpoint::{Journal, read_boot_id};
 use crate::claims::{ClaimSource, KubeClaims};
 use crate::config::{BackendKind, Config};
 use crate::driver::{Driver, DriverParams, StatusSink};
@@ -25,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::runtime::{RuntimeBackend, detect_cgroup_mode};
 use crate::slices::SlicePublisher;
 use crate::sockets::{SerializeLock, SocketPaths, bind, remove_socket};
+use crate::state::{StateOptions, open_checkpoint, read_boot_id, spec_dir};
 
 /// Errors of starting or running the plugin.
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +35,13 @@ pub enum PluginError {
     Checkpoint {
         driver: String,
         #[source]
-        source: crate::checkpoint::CheckpointError,
+        source: crate::state::StateError,
+    },
+    #[error("driver {driver}: CDI spec dir: {source}")]
+    Cdi {
+        driver: String,
+        #[source]
+        source: drakit_types::cdi::CdiError,
     },
     #[error("driver {driver}: {source}")]
     Socket {
@@ -218,29 +224,53 @@ impl Plugin {
                     Arc::new(GrpcBackend::new(name.clone(), p, config.backend_timeout))
                 }
             };
-            let journal_path = config.state_dir.join(&name).join("checkpoint.journal");
-            let journal = Journal::open(&journal_path, &name, &boot_id, config.durable_checkpoint)
-                .map_err(|source| PluginError::Checkpoint {
-                    driver: name.clone(),
-                    source,
-                })?;
             let paths = SocketPaths::new(
                 &config.registry_dir,
                 &config.plugins_dir,
                 &name,
                 config.rolling_update_pod_uid.as_deref(),
             );
+            let serialize_lock = config
+                .rolling_update_pod_uid
+                .as_ref()
+                .map(|_| SerializeLock::new(paths.lock.clone()));
+            // With another instance beside us (rolling update), its calls are kept out while the
+            // checkpoint is read and the CDI specs are rebuilt from it.
+            let _guard = match &serialize_lock {
+                Some(l) => Some(l.acquire().await.map_err(|source| PluginError::Socket {
+                    driver: name.clone(),
+                    source,
+                })?),
+                None => None,
+            };
+            let checkpoint = open_checkpoint(&StateOptions {
+                dir: config.state_dir.join(&name),
+                driver: name.clone(),
+                boot_id: boot_id.clone(),
+                durability: if config.durable_checkpoint {
+                    Durability::Fsync
+                } else {
+                    Durability::None
+                },
+                shared: serialize_lock.is_some(),
+            })
+            .map_err(|source| PluginError::Checkpoint {
+                driver: name.clone(),
+                source,
+            })?;
+            let cdi = spec_dir(&config.cdi_dir, &name).map_err(|source| PluginError::Cdi {
+                driver: name.clone(),
+                source,
+            })?;
             let driver = Driver::new(DriverParams {
                 name: name.clone(),
                 node_name: config.node_name.clone(),
                 claims: claims.clone(),
                 backend,
-                cdi: CdiWriter::new(&config.cdi_dir, &name),
-                journal,
-                serialize_lock: config
-                    .rolling_update_pod_uid
-                    .as_ref()
-                    .map(|_| SerializeLock::new(paths.lock.clone())),
+                cdi,
+                checkpoint,
+                boot_id: boot_id.clone(),
+                serialize_lock,
                 api_budget: config.api_budget,
                 write_cdi: config.write_cdi,
                 serialize: config.serialize,

@@ -11,7 +11,7 @@ use std::process::Command;
 use common::*;
 use drakit_e2e::apiserver::ClaimBuilder;
 use drakit_e2e::kubelet::ClaimRef;
-use drakit_kubelet_plugin::checkpoint::{Journal, read_boot_id};
+use drakit_kubelet_plugin::state::{StateOptions, open_checkpoint, read_boot_id};
 use serde_json::json;
 
 /// A tmpfs mounted for the test; lazily unmounted on drop.
@@ -110,9 +110,14 @@ async fn full_cdi_dir_fails_prepare_cleanly_and_the_retry_succeeds() {
     );
     // Nothing checkpointed: the journal, read after the plugin stopped, does not know the claim.
     p.stop().await.unwrap();
-    let journal_path = n.config.state_dir.join(NET).join("checkpoint.journal");
-    let boot = read_boot_id(&n.config.proc_root);
-    let j = Journal::open(&journal_path, NET, &boot, false).unwrap();
+    let j = open_checkpoint(&StateOptions {
+        dir: n.config.state_dir.join(NET),
+        driver: NET.into(),
+        boot_id: read_boot_id(&n.config.proc_root),
+        durability: drakit_types::checkpoint::Durability::None,
+        shared: false,
+    })
+    .unwrap();
     assert!(
         j.get("nic-uid").is_none(),
         "the checkpoint does not claim a CDI spec that was never written"
@@ -126,7 +131,7 @@ async fn full_cdi_dir_fails_prepare_cleanly_and_the_retry_succeeds() {
     let d = r["nic-uid"].clone().unwrap();
     assert_eq!(
         d[0].cdi_device_ids,
-        vec![format!("{NET}/claim=nic-uid-eth1")]
+        vec![format!("{NET}/claim=claim-nic-uid-eth1")]
     );
     assert_eq!(names(&cdi), vec![format!("{NET}-claim_nic-uid.json")]);
     assert!(n.cdi_spec(NET, "nic-uid").is_some());

@@ -233,13 +233,19 @@ fn sequences(n: &TestNode) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// Live claims of a driver's journal (uid → CDI spec text), read without the plugin's code:
-/// `[u32 len][u32 crc32][JSON]` frames, replay stops at the first torn or corrupt one.
+/// Live claims of a driver's checkpoint (uid → CDI spec text), read without the plugin's or
+/// drakit-types' code, from the documented layout: header `"DRAKITCK" | u32 version | u16 boot-id
+/// length | boot id | u32 CRC`, then `[u32 len][u32 crc32][JSON]` records `{"put":[uid, record]}`
+/// or `{"del":uid}`; replay stops at the first torn or corrupt one.
 fn journal(n: &TestNode, driver: &str) -> BTreeMap<String, String> {
-    let path = n.config.state_dir.join(driver).join("checkpoint.journal");
+    let path = n.config.state_dir.join(driver).join("claims.checkpoint");
     let b = std::fs::read(path).unwrap_or_default();
     let mut live = BTreeMap::new();
-    let mut i = 0;
+    if b.len() < 14 || &b[..8] != b"DRAKITCK" {
+        return live;
+    }
+    let id_len = u16::from_le_bytes([b[12], b[13]]) as usize;
+    let mut i = 14 + id_len + 4;
     while i + 8 <= b.len() {
         let len = u32::from_le_bytes(b[i..i + 4].try_into().unwrap()) as usize;
         let crc = u32::from_le_bytes(b[i + 4..i + 8].try_into().unwrap());
@@ -250,15 +256,14 @@ fn journal(n: &TestNode, driver: &str) -> BTreeMap<String, String> {
             break;
         }
         let v: serde_json::Value = serde_json::from_slice(payload).unwrap();
-        let uid = v["uid"].as_str().unwrap_or_default().to_owned();
-        match v["op"].as_str() {
-            Some("prepared") => {
-                live.insert(uid, v["cdi_spec"].as_str().unwrap_or_default().to_owned());
-            }
-            Some("unprepared") => {
-                live.remove(&uid);
-            }
-            _ => {}
+        if let Some(put) = v.get("put") {
+            let uid = put[0].as_str().unwrap_or_default().to_owned();
+            live.insert(
+                uid,
+                put[1]["cdi_spec"].as_str().unwrap_or_default().to_owned(),
+            );
+        } else if let Some(uid) = v.get("del").and_then(|u| u.as_str()) {
+            live.remove(uid);
         }
         i += 8 + len;
     }

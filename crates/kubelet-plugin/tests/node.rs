@@ -68,7 +68,7 @@ async fn runtime_claim_prepare_is_idempotent_and_reensures_cdi() {
         assert_eq!(devs[0].request_names, vec!["edit".to_owned()]);
         assert_eq!(
             devs[0].cdi_device_ids,
-            vec![format!("{RUNTIME}/claim={uid}-spec-edit-0")]
+            vec![format!("{RUNTIME}/claim=claim-{uid}-spec-edit-0")]
         );
     }
     let cdi = n.cdi_spec(RUNTIME, uid).expect("CDI spec written");
@@ -164,7 +164,7 @@ async fn net_and_cpu_claims_through_backends_both_versions() {
         assert_eq!(d[0].device_name, format!("eth{i}"));
         assert_eq!(
             d[0].cdi_device_ids,
-            vec![format!("{NET}/claim={nuid}-eth{i}")]
+            vec![format!("{NET}/claim=claim-{nuid}-eth{i}")]
         );
         let r = n
             .node

@@ -354,7 +354,7 @@ async fn backend_dying_mid_prepare_then_kubelet_retry_succeeds_without_double_al
     let boot_file = n.config.proc_root.join("sys/kernel/random/boot_id");
     std::fs::create_dir_all(boot_file.parent().unwrap()).unwrap();
     std::fs::write(&boot_file, "5f1c8f2e-0d7a-4c1e-9a54-2f6a0c3b7e11\n").unwrap();
-    let boot = drakit_kubelet_plugin::checkpoint::read_boot_id(&n.config.proc_root);
+    let boot = drakit_kubelet_plugin::state::read_boot_id(&n.config.proc_root);
     assert!(!boot.is_empty());
     n.config.backend_timeout = Duration::from_secs(10);
     for d in &mut n.config.drivers {

@@ -1398,44 +1398,23 @@ fn checkpoint_claims(node: &Node) -> Vec<String> {
             Err(e) => live.push(format!("{name}: unreadable: {e}")),
         }
     }
+    // The kubelet plugin: one checkpoint per driver, `<state>/<driver>/claims.checkpoint`.
     for e in std::fs::read_dir(st.join("kubelet-plugin"))
         .into_iter()
         .flatten()
         .flatten()
     {
-        let j = e.path().join("checkpoint.journal");
-        for uid in journal_live(&j) {
-            live.push(format!("{}: {uid}", j.display()));
+        let j = e.path().join("claims.checkpoint");
+        if !j.exists() {
+            continue;
         }
-    }
-    live
-}
-
-/// Live claim UIDs of a kubelet-plugin journal (`[u32 len][u32 crc][JSON]` frames).
-fn journal_live(path: &Path) -> BTreeSet<String> {
-    let b = std::fs::read(path).unwrap_or_default();
-    let mut i = 0;
-    let mut live = BTreeSet::new();
-    while i + 8 <= b.len() {
-        let len = u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]) as usize;
-        let end = i + 8 + len;
-        let Some(payload) = b.get(i + 8..end) else {
-            break;
-        };
-        let Ok(v) = serde_json::from_slice::<Value>(payload) else {
-            break;
-        };
-        let uid = v["uid"].as_str().unwrap_or_default().to_string();
-        match v["op"].as_str() {
-            Some("prepared") => {
-                live.insert(uid);
+        let o = drakit_types::checkpoint::Options::new(e.path(), "claims.checkpoint");
+        match drakit_types::checkpoint::Checkpoint::<Value>::open(o) {
+            Ok((cp, _)) => {
+                live.extend(cp.entries().keys().map(|u| format!("{}: {u}", j.display())))
             }
-            Some("unprepared") => {
-                live.remove(&uid);
-            }
-            _ => {}
+            Err(e) => live.push(format!("{}: unreadable: {e}", j.display())),
         }
-        i = end;
     }
     live
 }

@@ -104,10 +104,9 @@ impl ClaimSpec {
     ) -> Result<ClaimSpec, CdiError> {
         check_vendor_class(vendor, class)?;
         validate_claim_uid(claim_uid)?;
-        let kind = format!("{vendor}/{class}");
-        let mut spec = Spec {
+        let spec = Spec {
             cdi_version: String::new(),
-            kind: kind.clone(),
+            kind: format!("{vendor}/{class}"),
             annotations: BTreeMap::new(),
             devices: devices
                 .into_iter()
@@ -119,9 +118,46 @@ impl ClaimSpec {
                 .collect(),
             container_edits: common,
         };
+        Self::finish(vendor, class, claim_uid, spec)
+    }
+
+    /// A spec read back from JSON (as [`ClaimSpec::to_json`] wrote it, e.g. kept in a
+    /// checkpoint to rebuild the file): strict decode, the kind must be `<vendor>/<class>`, then
+    /// validated and stamped with its minimum version like [`ClaimSpec::build`]. Device names are
+    /// kept as they are. `to_json` of the result gives the same bytes for a spec this crate wrote.
+    pub fn from_json(
+        vendor: &str,
+        class: &str,
+        claim_uid: &str,
+        json: &[u8],
+    ) -> Result<ClaimSpec, CdiError> {
+        check_vendor_class(vendor, class)?;
+        validate_claim_uid(claim_uid)?;
+        let spec: Spec = serde_json::from_slice(json).map_err(|error| CdiError::Decode {
+            claim_uid: claim_uid.to_string(),
+            error,
+        })?;
+        let kind = format!("{vendor}/{class}");
+        if spec.kind != kind {
+            return Err(CdiError::InvalidName {
+                what: "kind",
+                value: spec.kind,
+                reason: format!("claim {claim_uid}: expected {kind}"),
+            });
+        }
+        Self::finish(vendor, class, claim_uid, spec)
+    }
+
+    /// Validates and stamps `spec` (kind `<vendor>/<class>`) and lists its device ids.
+    fn finish(
+        vendor: &str,
+        class: &str,
+        claim_uid: &str,
+        mut spec: Spec,
+    ) -> Result<ClaimSpec, CdiError> {
         let version = spec.finalize().map_err(|invalid| CdiError::InvalidSpec {
             claim_uid: claim_uid.to_string(),
-            kind,
+            kind: spec.kind.clone(),
             invalid,
         })?;
         let device_ids = spec

@@ -12,6 +12,11 @@ use super::claim::{
 use super::validate::validate_spec;
 use crate::fsutil::{self, Durability, FsError, Step};
 
+/// The crash-injection step ([`crate::crash`]) that [`SpecDir::write`] reaches with the new spec
+/// complete in its temp file, before the rename. Only a daemon that lists it among its steps can
+/// arm it (the kubelet plugin does).
+pub const CRASH_BEFORE_RENAME: &str = "cdi-write-before-rename";
+
 /// What [`SpecDir::write`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteOutcome {
@@ -125,15 +130,41 @@ impl SpecDir {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(CdiError::Fs(FsError::new(Step::Read, &path, e))),
         }
-        match fsutil::atomic_write(&path, &bytes, self.durability) {
+        let write = || {
+            fsutil::atomic_write_hooked(
+                &path,
+                0o644,
+                self.durability,
+                |w| w.write_all(&bytes),
+                || crate::crash::point(CRASH_BEFORE_RENAME),
+            )
+        };
+        match write() {
             Ok(()) => {}
             Err(e) if e.step == Step::CreateTemp && e.source.kind() == io::ErrorKind::NotFound => {
                 fsutil::create_dir_durable(&self.dir, 0o755, self.durability)?;
-                fsutil::atomic_write(&path, &bytes, self.durability)?;
+                write()?;
             }
             Err(e) => return Err(e.into()),
         }
         Ok(WriteOutcome::Written)
+    }
+
+    /// Makes a claim's spec file hold `json`, the output of [`ClaimSpec::to_json`] kept
+    /// elsewhere (e.g. in a checkpoint): nothing is done when the file already holds exactly
+    /// these bytes (one read, no decode); otherwise the spec is decoded and checked again
+    /// ([`ClaimSpec::from_json`]) and written.
+    pub fn ensure_json(&self, claim_uid: &str, json: &[u8]) -> Result<WriteOutcome, CdiError> {
+        validate_claim_uid(claim_uid)?;
+        let path = self.path_for(claim_uid);
+        match fs::read(&path) {
+            Ok(existing) if existing == json => return Ok(WriteOutcome::Unchanged),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(CdiError::Fs(FsError::new(Step::Read, &path, e))),
+        }
+        let spec = ClaimSpec::from_json(&self.vendor, &self.class, claim_uid, json)?;
+        self.write(&spec)
     }
 
     /// Removes a claim's spec. Returns whether a file was there; a missing file is success.

@@ -15,7 +15,7 @@ pub mod types;
 mod validate;
 
 pub use claim::{ClaimDevice, ClaimSpec, cdi_device_name, qualified_device_id};
-pub use dir::{RebuildReport, SpecDir, WriteOutcome};
+pub use dir::{CRASH_BEFORE_RENAME, RebuildReport, SpecDir, WriteOutcome};
 pub use types::{ContainerEdits, Device, DeviceNode, Hook, IntelRdt, Mount, NetDevice, Spec};
 pub use validate::{
     CdiVersion, Invalid, minimum_version, validate_annotations, validate_class, validate_content,
@@ -43,6 +43,11 @@ pub enum CdiError {
     },
     #[error("claim {claim_uid}: cannot encode CDI spec: {error}")]
     Encode {
+        claim_uid: String,
+        error: serde_json::Error,
+    },
+    #[error("claim {claim_uid}: stored CDI spec does not decode: {error}")]
+    Decode {
         claim_uid: String,
         error: serde_json::Error,
     },

@@ -15,7 +15,6 @@ mod node;
 mod scenario;
 mod sys;
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -542,13 +541,23 @@ fn check_checkpoints(node: &Node) -> std::result::Result<String, String> {
             Err(e) => return Err(format!("{}: opening {name}: {e}", node.profile.name)),
         }
     }
+    // The kubelet plugin: one checkpoint per driver, `<state>/<driver>/claims.checkpoint`.
     let kp = st.join("kubelet-plugin");
     for e in std::fs::read_dir(&kp).into_iter().flatten().flatten() {
-        let j = e.path().join("checkpoint.journal");
+        let j = e.path().join("claims.checkpoint");
         if j.exists() {
-            match journal_live(&j) {
-                Ok(uids) => live.extend(uids.into_iter().map(|u| format!("{}: {u}", j.display()))),
-                Err(e) => return Err(format!("{}: {e:#}", j.display())),
+            let o = drakit_types::checkpoint::Options::new(e.path(), "claims.checkpoint");
+            match drakit_types::checkpoint::Checkpoint::<serde_json::Value>::open(o) {
+                Ok((cp, _)) => {
+                    live.extend(cp.entries().keys().map(|u| format!("{}: {u}", j.display())))
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "{}: opening {}: {e}",
+                        node.profile.name,
+                        j.display()
+                    ));
+                }
             }
         }
     }
@@ -581,34 +590,6 @@ fn check_logs(dir: &Path, node: &str) -> std::result::Result<String, String> {
     }
 }
 
-/// Live claim UIDs of a kubelet-plugin journal (`[u32 len][u32 crc][JSON]` frames, `op`
-/// prepared/unprepared).
-fn journal_live(path: &Path) -> Result<BTreeSet<String>> {
-    let b = std::fs::read(path)?;
-    let mut i = 0;
-    let mut live = BTreeSet::new();
-    while i + 8 <= b.len() {
-        let len = u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]) as usize;
-        let end = i + 8 + len;
-        if end > b.len() {
-            break;
-        }
-        let v: serde_json::Value = serde_json::from_slice(&b[i + 8..end])?;
-        let uid = v["uid"].as_str().unwrap_or_default().to_string();
-        match v["op"].as_str() {
-            Some("prepared") => {
-                live.insert(uid);
-            }
-            Some("unprepared") => {
-                live.remove(&uid);
-            }
-            _ => {}
-        }
-        i = end;
-    }
-    Ok(live)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -619,31 +600,5 @@ mod tests {
         assert_eq!(w, vec!["aaa bbb", "ccc ddd"]);
         assert_eq!(wrap("  - x y z", 3), vec!["  - x y z"]);
         assert_eq!(wrap("short", 80), vec!["short"]);
-    }
-
-    #[test]
-    fn journal_replay_keeps_only_prepared_claims() {
-        let dir = std::env::temp_dir().join(format!("node-e2e-journal-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut b = Vec::new();
-        for rec in [
-            r#"{"op":"header","version":1}"#,
-            r#"{"op":"prepared","uid":"a"}"#,
-            r#"{"op":"prepared","uid":"b"}"#,
-            r#"{"op":"unprepared","uid":"a"}"#,
-        ] {
-            b.extend((rec.len() as u32).to_le_bytes());
-            b.extend(0u32.to_le_bytes());
-            b.extend(rec.as_bytes());
-        }
-        b.extend([9, 0, 0]); // torn tail
-        let p = dir.join("checkpoint.journal");
-        std::fs::write(&p, &b).unwrap();
-        let live = journal_live(&p);
-        let _ = std::fs::remove_dir_all(&dir);
-        assert_eq!(
-            live.unwrap().into_iter().collect::<Vec<_>>(),
-            vec!["b".to_string()]
-        );
     }
 }
