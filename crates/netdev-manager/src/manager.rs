@@ -351,12 +351,32 @@ impl<N: Netlink, S: Store> Manager<N, S> {
         self.claims.lock().await.get(uid).cloned()
     }
 
-    fn save(&self, r: &ClaimRecord) -> Result<(), ManagerError> {
-        let bytes = serde_json::to_vec(r).map_err(|e| ManagerError::Runtime {
+    fn encode(r: &ClaimRecord) -> Result<Vec<u8>, ManagerError> {
+        serde_json::to_vec(r).map_err(|e| ManagerError::Runtime {
             claim: r.uid.clone(),
             reason: format!("encoding state: {e}"),
-        })?;
-        self.store.put(&r.uid, &bytes)?;
+        })
+    }
+
+    /// Writes the record durably (fdatasync'd before it returns).
+    fn save(&self, r: &ClaimRecord) -> Result<(), ManagerError> {
+        self.store.put(&r.uid, &Self::encode(r)?)?;
+        Ok(())
+    }
+
+    /// Writes the record after AttachPod, DetachPod or the hook changed where its devices are
+    /// attached: kept by a crash of this process (written before the caller is answered), not
+    /// necessarily by a reboot, which takes every pod namespace and so every such attachment
+    /// with it (the record then goes back to its last durable state, never attached to that
+    /// boot's pods). CNI attachments stay durable: the plugins' own state (IPAM leases on disk)
+    /// outlives a reboot and needs the DEL that only a recorded attachment leads to.
+    fn save_attachment(&self, r: &ClaimRecord) -> Result<(), ManagerError> {
+        let bytes = Self::encode(r)?;
+        if r.devices.iter().any(|d| d.kind == NetKind::Cni) {
+            self.store.put(&r.uid, &bytes)?;
+        } else {
+            self.store.put_until_reboot(&r.uid, &bytes)?;
+        }
         Ok(())
     }
 
@@ -1430,7 +1450,7 @@ impl<N: Netlink, S: Store> Manager<N, S> {
                 out.push(attached(&rec, i, already));
             }
             drakit_types::crash::point("attach-before-checkpoint");
-            self.save(&rec)?;
+            self.save_attachment(&rec)?;
             claims.insert(uid, rec);
         }
         drakit_types::crash::point("attach-after-checkpoint");
@@ -1469,7 +1489,7 @@ impl<N: Netlink, S: Store> Manager<N, S> {
                 for e in errs {
                     tracing::warn!(claim.uid = %uid, error = %e, "rollback");
                 }
-                let _ = self.save(&rec.clone());
+                let _ = self.save_attachment(&rec.clone());
             }
         }
     }
@@ -1502,7 +1522,7 @@ impl<N: Netlink, S: Store> Manager<N, S> {
                 }
             }
             drakit_types::crash::point("detach-before-checkpoint");
-            if let Err(e) = self.save(&rec) {
+            if let Err(e) = self.save_attachment(&rec) {
                 errors.push(e.to_string());
             }
             claims.insert(uid, rec);
@@ -1637,7 +1657,7 @@ impl<N: Netlink, S: Store> Manager<N, S> {
                     self.detach_device(&uid, &mut rec.devices[j], &mut errs)
                         .await;
                 }
-                let _ = self.save(&rec);
+                let _ = self.save_attachment(&rec);
                 claims.insert(uid, rec);
                 return Err(e);
             }
@@ -1645,7 +1665,7 @@ impl<N: Netlink, S: Store> Manager<N, S> {
             out.push(attached(&rec, i, false));
         }
         drakit_types::crash::point("attach-before-checkpoint");
-        self.save(&rec)?;
+        self.save_attachment(&rec)?;
         claims.insert(uid, rec);
         drakit_types::crash::point("attach-after-checkpoint");
         Ok(pb::AttachPodResponse { interfaces: out })

@@ -3,6 +3,14 @@
 //! (checksummed, boot-ID stamped, compacted; what the daemon uses); [`DirStore`] keeps one file
 //! per key, each replaced atomically (temp file, fsync, rename, fsync of the directory);
 //! [`MemStore`] is for tests.
+//!
+//! Two strengths of write: [`Store::put`] survives a crash of the process and of the machine
+//! (fdatasync before it returns); [`Store::put_until_reboot`] survives a crash of the process
+//! (the bytes are in the file, i.e. in the page cache, before it returns) but not necessarily a
+//! reboot. The second is for state that means nothing after a reboot: where a claim's links are
+//! attached, since every pod network namespace is gone with the boot. Under disk load an
+//! fdatasync costs milliseconds (it waits for the whole device cache flush), a plain write
+//! microseconds.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -26,10 +34,20 @@ pub enum StoreError {
     Checkpoint(String),
 }
 
-/// Durable key→value records. `put` must be durable when it returns.
+/// Durable key→value records.
 pub trait Store: Send + Sync + 'static {
+    /// Every key with its newest value (the one a reboot did not take back).
     fn load(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Durable when it returns: a crash of the process or of the machine keeps it.
     fn put(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
+    /// Kept by a crash of the process when it returns, not necessarily by a reboot: after a
+    /// reboot `load` may give the value the last `put` stored instead (stores may drop such
+    /// values at a reboot on purpose). For keys that a `put` created; a key that only ever saw
+    /// this call may be forgotten. The default is `put`.
+    fn put_until_reboot(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.put(key, value)
+    }
+    /// Durable when it returns.
     fn remove(&self, key: &str) -> Result<(), StoreError>;
 }
 
@@ -130,22 +148,66 @@ impl Store for DirStore {
 }
 
 /// The shared drakit checkpoint (append-only journal of checksummed records over a key→value
-/// map), values kept as JSON text.
+/// map), values kept as JSON text, in two files:
+///
+/// - `<name>` (e.g. `netdev.checkpoint`), fdatasync'd on every change: what [`Store::put`] and
+///   [`Store::remove`] write;
+/// - `<name>.boot`, the same format written without fdatasync: what
+///   [`Store::put_until_reboot`] writes, and a copy of every `put` (written first, so this file
+///   is never older than the other for any key). At open it is emptied when it was written
+///   during another boot (its boot ID), and keys the durable file does not have (a crash between
+///   the two removes of `remove`) are dropped from it.
+///
+/// `load` gives the durable file's keys, each with the `.boot` file's value where it has one.
 #[derive(Debug)]
-pub struct CheckpointStore(Mutex<drakit_types::checkpoint::Checkpoint<String>>);
+pub struct CheckpointStore(Mutex<Files>);
+
+#[derive(Debug)]
+struct Files {
+    durable: drakit_types::checkpoint::Checkpoint<String>,
+    boot: drakit_types::checkpoint::Checkpoint<String>,
+}
+
+fn cp_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Checkpoint(e.to_string())
+}
 
 impl CheckpointStore {
-    /// Opens `<dir>/<name>`; what the load repaired is logged.
+    /// Opens `<dir>/<name>` and `<dir>/<name>.boot`; what the loads repaired is logged.
     pub fn open(opts: drakit_types::checkpoint::Options) -> Result<Self, StoreError> {
-        let (cp, report) = drakit_types::checkpoint::Checkpoint::open(opts)
-            .map_err(|e| StoreError::Checkpoint(e.to_string()))?;
+        use drakit_types::checkpoint::{Checkpoint, Durability};
+        let mut boot_opts = opts.clone();
+        boot_opts.name = format!("{}.boot", opts.name);
+        boot_opts.durability = Durability::None;
+        let (durable, report) = Checkpoint::open(opts).map_err(cp_err)?;
         for w in report.warnings() {
             tracing::warn!(warning = %w, "checkpoint load");
         }
-        Ok(Self(Mutex::new(cp)))
+        let (mut boot, breport) = Checkpoint::<String>::open(boot_opts).map_err(cp_err)?;
+        if breport.torn_tail.is_some() || breport.corruption.is_some() {
+            for w in breport.warnings() {
+                tracing::warn!(warning = %w, "checkpoint load");
+            }
+        }
+        let stale: Vec<String> = boot
+            .entries()
+            .keys()
+            .filter(|k| breport.boot_changed || durable.get(k).is_none())
+            .cloned()
+            .collect();
+        if breport.boot_changed && !stale.is_empty() {
+            tracing::info!(
+                records = stale.len(),
+                "the node rebooted: attachment state of the previous boot dropped"
+            );
+        }
+        for k in &stale {
+            boot.remove(k).map_err(cp_err)?;
+        }
+        Ok(Self(Mutex::new(Files { durable, boot })))
     }
 
-    fn cp(&self) -> std::sync::MutexGuard<'_, drakit_types::checkpoint::Checkpoint<String>> {
+    fn files(&self) -> std::sync::MutexGuard<'_, Files> {
         match self.0.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -153,63 +215,107 @@ impl CheckpointStore {
     }
 }
 
+fn text(value: &[u8]) -> Result<String, StoreError> {
+    String::from_utf8(value.to_vec())
+        .map_err(|_| StoreError::Checkpoint("value is not UTF-8".into()))
+}
+
 impl Store for CheckpointStore {
     fn load(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        Ok(self
-            .cp()
+        let f = self.files();
+        Ok(f.durable
             .entries()
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+            .map(|(k, v)| {
+                let v = f.boot.get(k).unwrap_or(v);
+                (k.clone(), v.clone().into_bytes())
+            })
             .collect())
     }
     fn put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
         if !key_ok(key) {
             return Err(StoreError::Key(key.into()));
         }
-        let text = String::from_utf8(value.to_vec())
-            .map_err(|_| StoreError::Checkpoint("value is not UTF-8".into()))?;
-        self.cp()
-            .put(key, text)
-            .map_err(|e| StoreError::Checkpoint(e.to_string()))
+        let text = text(value)?;
+        let mut f = self.files();
+        f.boot.put(key, text.clone()).map_err(cp_err)?;
+        if let Err(e) = f.durable.put(key, text) {
+            // Take the copy back so that a restart does not see what the caller was told failed.
+            let _ = match f.durable.get(key).cloned() {
+                Some(old) => f.boot.put(key, old),
+                None => f.boot.remove(key).map(|_| ()),
+            };
+            return Err(cp_err(e));
+        }
+        Ok(())
+    }
+    fn put_until_reboot(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        if !key_ok(key) {
+            return Err(StoreError::Key(key.into()));
+        }
+        let text = text(value)?;
+        self.files().boot.put(key, text).map_err(cp_err)
     }
     fn remove(&self, key: &str) -> Result<(), StoreError> {
-        self.cp()
-            .remove(key)
-            .map(|_| ())
-            .map_err(|e| StoreError::Checkpoint(e.to_string()))
+        let mut f = self.files();
+        f.durable.remove(key).map_err(cp_err)?;
+        f.boot.remove(key).map(|_| ()).map_err(cp_err)
     }
 }
 
 /// In-memory store (tests, benchmarks); clones share contents, so a "restart" can reuse it.
+/// [`MemStore::reboot`] plays a reboot: values of `put_until_reboot` fall back to the last `put`.
 #[derive(Debug, Clone, Default)]
-pub struct MemStore(Arc<Mutex<BTreeMap<String, Vec<u8>>>>);
+pub struct MemStore(Arc<Mutex<MemMaps>>);
+
+#[derive(Debug, Default)]
+struct MemMaps {
+    durable: BTreeMap<String, Vec<u8>>,
+    boot: BTreeMap<String, Vec<u8>>,
+}
 
 impl MemStore {
-    fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Vec<u8>>> {
+    fn maps(&self) -> std::sync::MutexGuard<'_, MemMaps> {
         match self.0.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         }
+    }
+
+    /// Forgets everything written with `put_until_reboot` since the last `put` of each key.
+    pub fn reboot(&self) {
+        self.maps().boot.clear();
     }
 }
 
 impl Store for MemStore {
     fn load(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        Ok(self
-            .map()
+        let m = self.maps();
+        Ok(m.durable
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (k.clone(), m.boot.get(k).unwrap_or(v).clone()))
             .collect())
     }
     fn put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
         if !key_ok(key) {
             return Err(StoreError::Key(key.into()));
         }
-        self.map().insert(key.into(), value.to_vec());
+        let mut m = self.maps();
+        m.boot.remove(key);
+        m.durable.insert(key.into(), value.to_vec());
+        Ok(())
+    }
+    fn put_until_reboot(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        if !key_ok(key) {
+            return Err(StoreError::Key(key.into()));
+        }
+        self.maps().boot.insert(key.into(), value.to_vec());
         Ok(())
     }
     fn remove(&self, key: &str) -> Result<(), StoreError> {
-        self.map().remove(key);
+        let mut m = self.maps();
+        m.durable.remove(key);
+        m.boot.remove(key);
         Ok(())
     }
 }
@@ -239,6 +345,81 @@ mod tests {
             s.load().unwrap(),
             vec![("claim-a".into(), br#"{"x":1}"#.to_vec())]
         );
+    }
+
+    #[test]
+    fn checkpoint_store_until_reboot() {
+        use drakit_types::checkpoint::{BootIdSource, Options};
+        let d = tempfile::tempdir().unwrap();
+        let opts = |boot: &str| {
+            let mut o = Options::new(d.path(), "netdev.checkpoint");
+            o.boot_id = BootIdSource::Fixed(boot.into());
+            o
+        };
+        {
+            let s = CheckpointStore::open(opts("boot-1")).unwrap();
+            s.put("a", b"a1").unwrap();
+            s.put_until_reboot("a", b"a2").unwrap();
+            s.put("b", b"b1").unwrap();
+            s.put_until_reboot("b", b"b2").unwrap();
+            s.put("b", b"b3").unwrap();
+            s.put("c", b"c1").unwrap();
+            s.put_until_reboot("c", b"c2").unwrap();
+            s.remove("c").unwrap();
+            assert!(s.put_until_reboot("../x", b"").is_err());
+            let want = vec![("a".into(), b"a2".to_vec()), ("b".into(), b"b3".to_vec())];
+            assert_eq!(s.load().unwrap(), want);
+        }
+        // A restart in the same boot (the process died): everything written is there.
+        {
+            let s = CheckpointStore::open(opts("boot-1")).unwrap();
+            let want = vec![("a".into(), b"a2".to_vec()), ("b".into(), b"b3".to_vec())];
+            assert_eq!(s.load().unwrap(), want);
+        }
+        // A reboot: back to the last durable values, and the boot file starts over.
+        let s = CheckpointStore::open(opts("boot-2")).unwrap();
+        let want = vec![("a".into(), b"a1".to_vec()), ("b".into(), b"b3".to_vec())];
+        assert_eq!(s.load().unwrap(), want);
+        drop(s);
+        let s = CheckpointStore::open(opts("boot-2")).unwrap();
+        assert_eq!(s.load().unwrap(), want);
+    }
+
+    #[test]
+    fn checkpoint_store_drops_boot_values_of_removed_keys() {
+        use drakit_types::checkpoint::{BootIdSource, Checkpoint, Options};
+        let d = tempfile::tempdir().unwrap();
+        let opts = || {
+            let mut o = Options::new(d.path(), "netdev.checkpoint");
+            o.boot_id = BootIdSource::Fixed("boot-1".into());
+            o
+        };
+        {
+            let s = CheckpointStore::open(opts()).unwrap();
+            s.put("a", b"a1").unwrap();
+            s.put_until_reboot("a", b"a2").unwrap();
+        }
+        // As if the process died between the two removes: gone from the durable file only.
+        {
+            let (mut cp, _) = Checkpoint::<String>::open(opts()).unwrap();
+            cp.remove("a").unwrap();
+        }
+        let s = CheckpointStore::open(opts()).unwrap();
+        assert!(s.load().unwrap().is_empty());
+        s.put("a", b"a3").unwrap();
+        drop(s);
+        let s = CheckpointStore::open(opts()).unwrap();
+        assert_eq!(s.load().unwrap(), vec![("a".into(), b"a3".to_vec())]);
+    }
+
+    #[test]
+    fn mem_store_reboot() {
+        let s = MemStore::default();
+        s.put("a", b"1").unwrap();
+        s.put_until_reboot("a", b"2").unwrap();
+        assert_eq!(s.load().unwrap(), vec![("a".into(), b"2".to_vec())]);
+        s.clone().reboot();
+        assert_eq!(s.load().unwrap(), vec![("a".into(), b"1".to_vec())]);
     }
 
     #[test]

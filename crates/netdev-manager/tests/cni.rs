@@ -11,9 +11,9 @@ use std::time::Duration;
 use common::TestNs;
 use drakit_netdev::cni::{CniArgs, CniRuntime};
 use drakit_netdev::inventory::{FoundDevice, HostDevice};
-use drakit_netdev::manager::{Manager, ManagerOptions};
+use drakit_netdev::manager::{ClaimRecord, Manager, ManagerOptions};
 use drakit_netdev::netlink::fake::FakeNetlink;
-use drakit_netdev::store::MemStore;
+use drakit_netdev::store::{MemStore, Store};
 use drakit_proto::drakit as pb;
 
 const SYSTEM_CNI: &str = "/usr/lib/cni";
@@ -216,7 +216,8 @@ esac"#,
         capacity: BTreeMap::new(),
         shared: true,
     }];
-    let m = Manager::new(fake, MemStore::default(), o, inv).unwrap();
+    let store = MemStore::default();
+    let m = Manager::new(fake, store.clone(), o, inv).unwrap();
     block_on(async {
         let cfg = r#"{"kind":"CniConfig","interfaceName":"net3","conflist":{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"fakeipam"}]}}"#;
         let req = pb::PrepareRequest {
@@ -246,6 +247,11 @@ esac"#,
         assert_eq!(nd.interface_name, "net3");
         assert_eq!(nd.ips, vec!["2001:db8::7/64"]);
         assert_eq!(nd.hardware_address, "02:cc:00:00:00:01");
+        // A CNI attachment is durable: the plugins' state outlives a reboot and needs its DEL.
+        store.reboot();
+        let (_, rec) = store.load().unwrap().pop().unwrap();
+        let rec: ClaimRecord = serde_json::from_slice(&rec).unwrap();
+        assert!(rec.devices[0].attached.is_some(), "{rec:?}");
         m.cni_check("cni1").await.unwrap();
         m.unprepare("cni1").await.unwrap();
     });

@@ -187,6 +187,33 @@ async fn macvlan_nri_lifecycle() {
     assert_eq!(w.fake.names_in(HOST), HOST_LINKS);
 }
 
+/// An attachment is written without fdatasync: a restart of the daemon finds it, a reboot (which
+/// takes the pod's namespace with it) goes back to the claim as prepared. Detach likewise.
+#[tokio::test]
+async fn attachments_survive_a_restart_not_a_reboot() {
+    let w = world();
+    let m = manager(&w, |_| {});
+    let cfg = r#"{"netdev":{"kind":"macvlan","parent":"eth0","interfaceName":"net1"}}"#;
+    m.prepare(&req("r1", "netdev-virtual", cfg, &["pod-r"]))
+        .await
+        .unwrap();
+    let a = m.attach_pod(&attach("pod-r")).await.unwrap();
+    drop(m);
+    let m = manager(&w, |_| {});
+    let rec = m.claim("r1").await.unwrap();
+    assert_eq!(rec.devices[0].attached.as_ref().unwrap().pod_uid, "pod-r");
+    let mut again = a.clone();
+    again.interfaces[0].already_attached = true;
+    assert_eq!(m.attach_pod(&attach("pod-r")).await.unwrap(), again);
+    drop(m);
+    w.store.reboot();
+    let m = manager(&w, |_| {});
+    let rec = m.claim("r1").await.unwrap();
+    assert!(rec.devices[0].attached.is_none(), "{rec:?}");
+    m.unprepare("r1").await.unwrap();
+    assert!(w.store.load().unwrap().is_empty());
+}
+
 #[tokio::test]
 async fn host_network_pods_and_shared_claims_are_refused() {
     let w = world();
