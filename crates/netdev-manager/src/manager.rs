@@ -1,11 +1,16 @@
 //! Prepare / attach / detach / unprepare: the claim lifecycle on top of the netlink facade,
 //! the inventory, CNI and the persistent store.
 //!
-//! Links the manager creates are created in the host namespace under a temporary name derived
-//! from the claim (`dk` + 10 hex digits), marked with the alias `drakit:<claim uid>`, then moved
-//! into the pod and renamed in one request, configured and brought up. Physical links are marked
+//! Links the manager creates carry the alias `drakit:<claim uid>`. macvlan/ipvlan/dummy/ipoib
+//! links are created directly in the pod under their final name (up, with MTU and MAC, in one
+//! request), then marked and given their addresses and routes; a veth is created in the host
+//! namespace under a temporary name derived from the claim (`dk` + 10 hex digits) and its pod
+//! end moved and renamed in one request. Physical links are marked
 //! `drakit:<claim uid>:<host name>` so that a restart can give them back their name. At start-up
 //! [`Manager::reconcile`] deletes marked links that no live claim explains.
+//!
+//! Records are written durably at prepare, unprepare and reconcile; attach and detach write them
+//! with [`Store::put_until_reboot`] (see [`crate::store`]) except for claims with a CNI device.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
