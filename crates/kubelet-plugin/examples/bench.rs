@@ -6,14 +6,15 @@
 //! `cargo xtask bench`.
 //!
 //! `cargo build --release -p drakit-kubelet-plugin && cargo run --release -p drakit-kubelet-plugin --example bench`
-//! Options (env): BENCH_CLAIMS (default 1000).
+//! Options (env): BENCH_CLAIMS (default 1000), BENCH_LAUNCHES (launches of the binary, default
+//! 5), BENCH_ONLY=launch (only the binary: launch time and RSS).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use drakit_e2e::apiserver::{ApiServerSim, ClaimBuilder, node};
 use drakit_kubelet_plugin::config::{BackendKind, Config, DriverSpec};
-use drakit_kubelet_plugin::plugin::{Plugin, kube_client};
+use drakit_kubelet_plugin::plugin::{BLOCKING_THREAD_NAME, Plugin, kube_client, runtime};
 use drakit_kubelet_plugin::state::{
     ClaimRecord, DeviceRecord, StateOptions, claim_device, claim_spec, open_checkpoint, spec_dir,
 };
@@ -92,16 +93,90 @@ async fn setup(state_parent: &Path, cdi_parent: &Path, claims: usize, prefix: &s
     }
 }
 
+/// The plugin on a thread and runtime of its own, built as the binary builds its runtime
+/// (`plugin::runtime()`): its calls cross threads as they cross processes in production (the
+/// kubelet stand-in and the API server stand-in stay on the bench's runtime), and its CPU time
+/// can be read apart from theirs.
+struct PluginThread {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    tid: i32,
+}
+
+/// On-CPU time of one thread of this process (`/proc/self/task/<tid>/schedstat`, ns).
+fn thread_cpu(tid: i32) -> Duration {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .map(Duration::from_nanos)
+        .unwrap_or_default()
+}
+
+impl PluginThread {
+    async fn start(config: Config) -> Self {
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (ready, ready_rx) = tokio::sync::oneshot::channel::<i32>();
+        let thread = std::thread::Builder::new()
+            .name("plugin".into())
+            .spawn(move || {
+                let rt = runtime().expect("plugin runtime");
+                rt.block_on(async move {
+                    let client = kube_client(config.kubeconfig.as_deref())
+                        .await
+                        .expect("client");
+                    let plugin = Plugin::start(config, client).await.expect("plugin");
+                    let _ = ready.send(nix::unistd::gettid().as_raw());
+                    let _ = stop_rx.await;
+                    plugin.shutdown().await;
+                });
+            })
+            .expect("plugin thread");
+        let tid = ready_rx.await.expect("plugin started");
+        Self {
+            stop: Some(stop),
+            thread: Some(thread),
+            tid,
+        }
+    }
+
+    /// CPU time of the plugin's thread plus its blocking pool (threads named by `runtime()`).
+    fn cpu(&self) -> Duration {
+        let mut t = thread_cpu(self.tid);
+        for e in std::fs::read_dir("/proc/self/task")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+            if comm.trim() == BLOCKING_THREAD_NAME
+                && let Some(tid) = e.file_name().to_str().and_then(|t| t.parse().ok())
+            {
+                t += thread_cpu(tid);
+            }
+        }
+        t
+    }
+
+    async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            tokio::task::spawn_blocking(move || t.join())
+                .await
+                .expect("join")
+                .expect("plugin thread");
+        }
+    }
+}
+
 async fn run_prepare(s: &Setup, files: bool, claims: usize, prefix: &str) {
     let mut config = s.config.clone();
     config.durable_checkpoint = files;
     config.write_cdi = files;
     config.publish_slices = false;
-    let client = kube_client(config.kubeconfig.as_deref())
-        .await
-        .expect("client");
     let dra_sock = config.plugins_dir.join(DRIVER).join("dra.sock");
-    let plugin = Plugin::start(config.clone(), client).await.expect("plugin");
+    let plugin = PluginThread::start(config.clone()).await;
     let mut c = v1::dra_plugin_client::DraPluginClient::new(
         drakit_kubelet_plugin::sockets::unix_channel(&dra_sock),
     );
@@ -117,6 +192,7 @@ async fn run_prepare(s: &Setup, files: bool, claims: usize, prefix: &str) {
         })
         .await;
     let mut prep = Vec::new();
+    let cpu0 = plugin.cpu();
     for i in 0..claims {
         let t = Instant::now();
         let r = c
@@ -130,6 +206,7 @@ async fn run_prepare(s: &Setup, files: bool, claims: usize, prefix: &str) {
         let e = &r.claims[&claim(i).uid].error;
         assert!(e.is_empty(), "{e}");
     }
+    let cpu1 = plugin.cpu();
     let mut unprep = Vec::new();
     for i in 0..claims {
         let t = Instant::now();
@@ -140,6 +217,7 @@ async fn run_prepare(s: &Setup, files: bool, claims: usize, prefix: &str) {
         .expect("unprepare");
         unprep.push(t.elapsed());
     }
+    let cpu2 = plugin.cpu();
     let mut batch = Vec::new();
     for chunk in (0..claims).collect::<Vec<_>>().chunks(10) {
         let t = Instant::now();
@@ -157,6 +235,15 @@ async fn run_prepare(s: &Setup, files: bool, claims: usize, prefix: &str) {
     let p = report(&format!("prepare, 1 claim/call, {mode}"), &mut prep);
     let u = report(&format!("unprepare, 1 claim/call, {mode}"), &mut unprep);
     let b = report(&format!("prepare, 10 claims/call, {mode}"), &mut batch);
+    // The plugin's own share: CPU of its thread (and blocking pool) per call, the rest of a
+    // call's latency being the kubelet and API server stand-ins and the waits between them.
+    let per = |d: Duration| d / claims.max(1) as u32;
+    let (pc, uc) = (per(cpu1 - cpu0), per(cpu2 - cpu1));
+    println!(
+        "| plugin CPU per prepare / unprepare, 1 claim/call, {mode} | {claims} | {} / {} | | |",
+        ms(pc),
+        ms(uc)
+    );
     // The headline (checkpoint on disk, CDI on tmpfs) and the no-files variant go to the table.
     let key = match prefix {
         "a" => Some("kp"),
@@ -168,8 +255,10 @@ async fn run_prepare(s: &Setup, files: bool, claims: usize, prefix: &str) {
         bench_line(&format!("{k}_prepare_p99"), p.1);
         bench_line(&format!("{k}_unprepare_p50"), u.0);
         bench_line(&format!("{k}_prepare10_p50"), b.0);
+        bench_line(&format!("{k}_prepare_plugin_cpu"), pc);
+        bench_line(&format!("{k}_unprepare_plugin_cpu"), uc);
     }
-    plugin.shutdown().await;
+    plugin.stop().await;
 }
 
 async fn pieces(s: &Setup, n: usize, state_parent: &Path, cdi_parent: &Path) {
@@ -253,11 +342,8 @@ async fn scaling(state_parent: &Path, cdi_parent: &Path, max_live: usize) {
     let s = setup(state_parent, cdi_parent, max_live + PROBES, "s").await;
     let mut config = s.config.clone();
     config.publish_slices = false;
-    let client = kube_client(config.kubeconfig.as_deref())
-        .await
-        .expect("client");
     let dra_sock = config.plugins_dir.join(DRIVER).join("dra.sock");
-    let plugin = Plugin::start(config.clone(), client).await.expect("plugin");
+    let plugin = PluginThread::start(config.clone()).await;
     let mut c = v1::dra_plugin_client::DraPluginClient::new(
         drakit_kubelet_plugin::sockets::unix_channel(&dra_sock),
     );
@@ -304,7 +390,7 @@ async fn scaling(state_parent: &Path, cdi_parent: &Path, max_live: usize) {
         let (p50, _) = report(&format!("prepare with {level} live claims"), &mut prep);
         bench_line(&format!("kp_prepare_live_{level}_p50"), p50);
     }
-    plugin.shutdown().await;
+    plugin.stop().await;
     let _ = std::fs::remove_dir_all(&s.config.cdi_dir);
 }
 
@@ -341,7 +427,12 @@ async fn binary(state_parent: &Path, claims: usize) {
     let mut rss = Vec::new();
     let mut loaded = None;
     let mut peak = None;
-    for round in 0..5 {
+    let rounds: usize = std::env::var("BENCH_LAUNCHES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5)
+        .max(1);
+    for round in 0..rounds {
         let t = Instant::now();
         let mut child = std::process::Command::new(&exe)
             .args([
@@ -369,7 +460,8 @@ async fn binary(state_parent: &Path, claims: usize) {
             .env("RUST_LOG", "error")
             .spawn()
             .expect("spawn");
-        // Registered = the registration socket answers GetInfo.
+        // Registered = the registration socket answers GetInfo. Polled every 50 µs with a
+        // thread sleep (a tokio sleep rounds up to the timer's 1 ms tick).
         loop {
             if reg.exists()
                 && let Ok(ch) = tonic::transport::Endpoint::from_static("http://[::]:1")
@@ -396,14 +488,14 @@ async fn binary(state_parent: &Path, claims: usize) {
                 println!("launch: not registered within 10 s");
                 break;
             }
-            tokio::time::sleep(Duration::from_micros(200)).await;
+            std::thread::sleep(Duration::from_micros(50));
         }
         launches.push(t.elapsed());
         tokio::time::sleep(Duration::from_secs(2)).await;
         if let Some(r) = rss_kib(child.id()) {
             rss.push(r);
         }
-        if round == 4 {
+        if round == rounds - 1 {
             // RSS with every claim prepared (checkpoint and CDI specs for all of them).
             let dra_sock = c.plugins_dir.join(DRIVER).join("dra.sock");
             let mut dra = v1::dra_plugin_client::DraPluginClient::new(
@@ -451,7 +543,7 @@ async fn binary(state_parent: &Path, claims: usize) {
     let (launch, _) = report("launch to registered (GetInfo answered)", &mut launches);
     bench_line("kp_launch_p50", launch);
     rss.sort();
-    println!("idle RSS after registration (KiB, 5 launches): {rss:?}");
+    println!("idle RSS after registration (KiB, {rounds} launches): {rss:?}");
     if let Some(r) = rss.get(rss.len() / 2) {
         println!("BENCH kp_idle_rss {r} KiB");
     }
@@ -480,6 +572,10 @@ async fn main() {
     let disk = PathBuf::from("/var/tmp");
     let shm = PathBuf::from("/dev/shm");
     println!("| what | n | p50 ms | p90 ms | p99 ms |\n|---|---|---|---|---|");
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("launch") {
+        binary(&disk, claims).await;
+        return;
+    }
     for (files, prefix, cdi) in [(true, "a", &shm), (false, "b", &shm), (true, "c", &disk)] {
         let s = setup(&disk, cdi, claims, prefix).await;
         if files {

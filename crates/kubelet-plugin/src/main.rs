@@ -43,7 +43,31 @@ fn crash_injection() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Returns the heap memory start-up freed (kubeconfig parsing, TLS set-up, slice building) to
+/// the kernel: glibc keeps freed pages of the heap resident until a trim.
+#[allow(unsafe_code)]
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory; it is thread-safe.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
+}
+
+/// One malloc arena for the whole process (glibc): the runtime runs on one thread, and the few
+/// blocking-pool threads (kube client set-up, `flock` waits) would otherwise each get an arena
+/// of their own (a few hundred KiB resident, kept for the process's life).
+#[allow(unsafe_code)]
+fn one_malloc_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes the allocator; called first thing, before any other thread.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_ARENA_MAX, 1);
+    }
+}
+
 fn main() -> anyhow::Result<()> {
+    one_malloc_arena();
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -57,22 +81,24 @@ fn main() -> anyhow::Result<()> {
     }
     crash_injection()?;
     let config = args.into_config();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
+    let rt = drakit_kubelet_plugin::plugin::runtime().context("starting the tokio runtime")?;
     rt.block_on(async move {
-        // The client (TLS roots: tens of ms) is built once the drivers are registered; claim
-        // reads, slices and status wait for it.
+        // The client (kubeconfig, TLS set-up: milliseconds of CPU) is built once the sockets
+        // are up, on a blocking-pool thread: the runtime has one thread, which must be free to
+        // answer the kubelet's GetInfo meanwhile. Claim reads, slices and status wait for it.
         let (client, setter) = LazyClient::pending();
         let kubeconfig = config.kubeconfig.clone();
         let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();
         let plugin = Plugin::start_lazy(config, client).await?;
         tracing::info!("serving");
-        tokio::spawn(async move {
-            match kube_client(kubeconfig.as_deref()).await {
-                Ok(c) => setter.set(c),
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            // Tasks the client spawns (its request buffer, connections) go to the runtime.
+            match handle.block_on(kube_client(kubeconfig.as_deref())) {
+                Ok(c) => {
+                    setter.set(c);
+                    trim_heap();
+                }
                 Err(e) => {
                     let _ = failed_tx.send(e.to_string());
                 }
