@@ -1,6 +1,7 @@
 //! A small typed facade over rtnetlink: everything the manager does to links, addresses and
-//! routes goes through [`Netlink`], so the logic above it is tested against the in-memory
-//! [`fake`] and the real implementation ([`real::RtNetlink`]) is exercised by kernel tests.
+//! routes goes through [`Netlink`], so the logic above it is tested against the in-memory `fake`
+//! module (feature `fake`) and the real implementation ([`real::RtNetlink`]) is exercised by
+//! kernel tests.
 //!
 //! A `Netlink` value is bound to one network namespace. [`Netlink::enter`] gives a handle on
 //! another namespace; the real implementation creates the netlink socket for it with the calling

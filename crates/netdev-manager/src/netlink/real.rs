@@ -1,4 +1,4 @@
-//! The kernel implementation of [`Netlink`] on rtnetlink.
+//! The kernel implementation of [`Netlink`](super::Netlink) on rtnetlink.
 
 use std::fs::File;
 use std::net::IpAddr;
