@@ -257,6 +257,28 @@ pub struct Checkpoint<V> {
     _lock: Option<nix::fcntl::Flock<File>>,
 }
 
+/// Flushes a checkpoint's journal from another thread (see [`Checkpoint::syncer`]).
+#[derive(Debug)]
+pub struct Syncer {
+    file: File,
+    path: PathBuf,
+    durability: Durability,
+}
+
+impl Syncer {
+    /// `fdatasync` of everything written to the journal before this call (a no-op with
+    /// [`Durability::None`]). A journal compacted since the handle was taken was written
+    /// durably by the compaction; flushing the old file then is harmless.
+    pub fn sync(&self) -> Result<(), CheckpointError> {
+        if self.durability == Durability::Fsync {
+            self.file
+                .sync_data()
+                .map_err(|e| FsError::new(Step::SyncFile, &self.path, e))?;
+        }
+        Ok(())
+    }
+}
+
 /// What [`Checkpoint::refresh`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refreshed {
@@ -455,6 +477,36 @@ impl<V: Serialize + DeserializeOwned> Checkpoint<V> {
         Ok(old)
     }
 
+    /// Like [`Checkpoint::remove`], but the record is only written, not `fdatasync`'d: it
+    /// survives a crash of the process (the write is in the kernel's page cache) but not a power
+    /// loss until the file's next flush — [`Syncer::sync`] from any thread, or the next durable
+    /// `put`/`remove`, whose `fdatasync` covers every record before it. For a change the caller
+    /// can repair after a reboot and whose latency matters (see the kubelet plugin's unprepare).
+    pub fn remove_deferred(&mut self, key: &str) -> Result<Option<V>, CheckpointError> {
+        if !self.map.contains_key(key) {
+            return Ok(None);
+        }
+        let payload = self.encode(key, &RecordRef::<V>::Del(key))?;
+        self.append_with(&payload, false)?;
+        let old = self.map.remove(key);
+        self.maybe_compact()?;
+        Ok(old)
+    }
+
+    /// A handle that flushes what has been written to the journal so far, usable from another
+    /// thread while this checkpoint goes on (it holds its own descriptor of the file).
+    pub fn syncer(&self) -> Result<Syncer, CheckpointError> {
+        let file = self
+            .file
+            .try_clone()
+            .map_err(|e| FsError::new(Step::Open, &self.path, e))?;
+        Ok(Syncer {
+            file,
+            path: self.path.clone(),
+            durability: self.opts.durability,
+        })
+    }
+
     /// Rewrites the journal as a snapshot of the current map (atomic replace).
     pub fn compact(&mut self) -> Result<(), CheckpointError> {
         let (file, len) =
@@ -582,6 +634,10 @@ impl<V: Serialize + DeserializeOwned> Checkpoint<V> {
     }
 
     fn append(&mut self, record: &[u8]) -> Result<(), CheckpointError> {
+        self.append_with(record, true)
+    }
+
+    fn append_with(&mut self, record: &[u8], sync: bool) -> Result<(), CheckpointError> {
         if self.needs_rewrite {
             self.compact()?;
         }
@@ -590,11 +646,11 @@ impl<V: Serialize + DeserializeOwned> Checkpoint<V> {
             .write_all(record)
             .map_err(|e| FsError::new(Step::Write, &self.path, e))
             .and_then(|()| match self.opts.durability {
-                Durability::Fsync => self
+                Durability::Fsync if sync => self
                     .file
                     .sync_data()
                     .map_err(|e| FsError::new(Step::SyncFile, &self.path, e)),
-                Durability::None => Ok(()),
+                _ => Ok(()),
             });
         match res {
             Ok(()) => {

@@ -458,6 +458,36 @@ fn shared_openers_take_turns_and_see_each_other() {
     drop(cp);
 }
 
+#[test]
+fn a_deferred_remove_is_written_at_once_and_flushed_later() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut cp, _) = open(tmp.path());
+    cp.put("a", claim(1)).unwrap();
+    cp.put("b", claim(2)).unwrap();
+    let len = fs::metadata(tmp.path().join("netdev.checkpoint"))
+        .unwrap()
+        .len();
+    assert_eq!(cp.remove_deferred("a").unwrap(), Some(claim(1)));
+    assert_eq!(cp.remove_deferred("a").unwrap(), None);
+    // The record is in the file right away (a crash of the process keeps it)...
+    assert!(
+        fs::metadata(tmp.path().join("netdev.checkpoint"))
+            .unwrap()
+            .len()
+            > len
+    );
+    let syncer = cp.syncer().unwrap();
+    // ...and is flushed from another thread while the checkpoint goes on.
+    std::thread::spawn(move || syncer.sync().unwrap())
+        .join()
+        .unwrap();
+    cp.put("c", claim(3)).unwrap();
+    drop(cp);
+    let (cp, r) = open(tmp.path());
+    assert!(r.warnings().is_empty(), "{:?}", r.warnings());
+    assert_eq!(cp.entries().keys().collect::<Vec<_>>(), vec!["b", "c"]);
+}
+
 /// Unmounts a test tmpfs even when the test fails.
 struct Mounted(PathBuf);
 

@@ -55,6 +55,9 @@ pub struct Config {
     /// Re-offer the registration socket this many times after a rejection, then exit.
     pub registration_retries: u32,
     pub registration_retry_delay: Duration,
+    /// After a reboot: how often claims restored from before it that the kubelet has not
+    /// prepared again are checked against the API server (and released when no longer in use).
+    pub reboot_recheck: Duration,
     /// The runtime-spec edit policy (YAML) the runtime driver checks claims against at prepare;
     /// `None`: the built-in default. Must be the same file drakit-nri enforces, or a claim the
     /// policy allows would be refused here (or one it refuses would pass prepare).
@@ -90,6 +93,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(10),
             registration_retries: 3,
             registration_retry_delay: Duration::from_secs(1),
+            reboot_recheck: Duration::from_secs(30),
             runtime_policy_file: None,
         }
     }
@@ -204,6 +208,10 @@ pub struct Args {
     pub shutdown_grace_seconds: f64,
     #[arg(long, env = "DRAKIT_REGISTRATION_RETRIES", default_value_t = 3)]
     pub registration_retries: u32,
+    /// After a reboot, how often claims restored from before it (and not prepared again by the
+    /// kubelet) are checked against the API server; those no longer in use are released.
+    #[arg(long, env = "DRAKIT_REBOOT_RECHECK_SECONDS", default_value_t = 30.0)]
+    pub reboot_recheck_seconds: f64,
     #[arg(long, env = "DRAKIT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
     /// Admin policy for runtime-spec edits (YAML), the same file drakit-nri gets; the built-in
@@ -267,6 +275,7 @@ impl Args {
             shutdown_grace: secs(self.shutdown_grace_seconds),
             registration_retries: self.registration_retries,
             registration_retry_delay: Duration::from_secs(1),
+            reboot_recheck: secs(self.reboot_recheck_seconds),
             runtime_policy_file: self.policy_file,
         }
     }

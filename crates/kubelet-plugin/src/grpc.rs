@@ -30,6 +30,8 @@ pub struct RegistrationService {
     pub driver: String,
     pub endpoint: String,
     pub outcomes: mpsc::UnboundedSender<RegistrationOutcome>,
+    /// Set once the kubelet has asked for `GetInfo` (of any driver).
+    pub asked: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 #[tonic::async_trait]
@@ -38,6 +40,7 @@ impl reg::registration_server::Registration for RegistrationService {
         &self,
         _: Request<reg::InfoRequest>,
     ) -> Result<Response<reg::PluginInfo>, Status> {
+        self.asked.send_if_modified(|a| !std::mem::replace(a, true));
         Ok(Response::new(reg::PluginInfo {
             r#type: reg::DRA_PLUGIN_TYPE.to_owned(),
             name: self.driver.clone(),

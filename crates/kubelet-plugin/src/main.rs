@@ -43,6 +43,9 @@ fn crash_injection() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long the kube client's set-up waits for the kubelet's first GetInfo.
+const CLIENT_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Returns the heap memory start-up freed (kubeconfig parsing, TLS set-up, slice building) to
 /// the kernel: glibc keeps freed pages of the heap resident until a trim.
 #[allow(unsafe_code)]
@@ -91,18 +94,25 @@ fn main() -> anyhow::Result<()> {
         let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();
         let plugin = Plugin::start_lazy(config, client).await?;
         tracing::info!("serving");
-        let handle = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || {
-            // Tasks the client spawns (its request buffer, connections) go to the runtime.
-            match handle.block_on(kube_client(kubeconfig.as_deref())) {
-                Ok(c) => {
-                    setter.set(c);
-                    trim_heap();
+        let mut asked = plugin.registration_asked();
+        tokio::spawn(async move {
+            // The kubelet asks for GetInfo as soon as a registration socket appears; that answer
+            // comes first (on a 2-core node the client's set-up would compete with it for CPU).
+            // Without a kubelet asking, the client is built after a short wait anyway.
+            let _ = tokio::time::timeout(CLIENT_AFTER, asked.wait_for(|a| *a)).await;
+            let handle = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || {
+                // Tasks the client spawns (its request buffer, connections) go to the runtime.
+                match handle.block_on(kube_client(kubeconfig.as_deref())) {
+                    Ok(c) => {
+                        setter.set(c);
+                        trim_heap();
+                    }
+                    Err(e) => {
+                        let _ = failed_tx.send(e.to_string());
+                    }
                 }
-                Err(e) => {
-                    let _ = failed_tx.send(e.to_string());
-                }
-            }
+            });
         });
         let failed = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
         let failed2 = failed.clone();

@@ -145,6 +145,7 @@ pub struct Plugin {
     tasks: Vec<JoinHandle<()>>,
     outcomes: mpsc::UnboundedReceiver<RegistrationOutcome>,
     outcome_tx: mpsc::UnboundedSender<RegistrationOutcome>,
+    asked: Arc<watch::Sender<bool>>,
     config: Config,
     metrics: Arc<Metrics>,
 }
@@ -165,6 +166,7 @@ fn start_registration(
     driver: &str,
     paths: &SocketPaths,
     outcomes: mpsc::UnboundedSender<RegistrationOutcome>,
+    asked: Arc<watch::Sender<bool>>,
 ) -> Result<(JoinHandle<()>, watch::Sender<bool>), PluginError> {
     let listener = bind(&paths.registration, 0o600).map_err(|source| PluginError::Socket {
         driver: driver.to_owned(),
@@ -174,6 +176,7 @@ fn start_registration(
         driver: driver.to_owned(),
         endpoint: paths.dra.to_string_lossy().into_owned(),
         outcomes,
+        asked,
     };
     let (tx, rx) = watch::channel(false);
     let name = driver.to_owned();
@@ -228,6 +231,7 @@ impl Plugin {
         let cgroup_mode = detect_cgroup_mode(&config.cgroupfs_root);
         let runtime_policy = load_runtime_policy(config.runtime_policy_file.as_deref())?;
         let (outcome_tx, outcomes) = mpsc::unbounded_channel();
+        let asked = Arc::new(watch::channel(false).0);
         let mut drivers = Vec::new();
         for spec in &config.drivers {
             let name = spec.name.clone();
@@ -348,12 +352,15 @@ impl Plugin {
                 reg_stop: None,
             });
         }
-        // Background work per driver: reconcile backends, publish slices.
+        // Background work per driver: reconcile backends, then (after a reboot) release claims
+        // from before it that are no longer in use; publish slices.
         for d in &drivers {
             let driver = d.driver.clone();
-            tasks.push(tokio::spawn(
-                async move { driver.reconcile_backend().await },
-            ));
+            let every = config.reboot_recheck;
+            tasks.push(tokio::spawn(async move {
+                driver.reconcile_backend().await;
+                driver.release_unused_after_reboot(every).await;
+            }));
             if config.publish_slices
                 && let Some(c) = &client
             {
@@ -378,7 +385,8 @@ impl Plugin {
         }
         // Registration last, once everything it advertises is serving.
         for d in &mut drivers {
-            let (task, tx) = start_registration(d.driver.name(), &d.paths, outcome_tx.clone())?;
+            let (task, tx) =
+                start_registration(d.driver.name(), &d.paths, outcome_tx.clone(), asked.clone())?;
             d.reg_task = Some(task);
             d.reg_stop = Some(tx);
         }
@@ -389,6 +397,7 @@ impl Plugin {
             tasks,
             outcomes,
             outcome_tx,
+            asked,
             config,
             metrics,
         })
@@ -400,6 +409,11 @@ impl Plugin {
 
     pub fn socket_paths(&self) -> Vec<SocketPaths> {
         self.drivers.iter().map(|d| d.paths.clone()).collect()
+    }
+
+    /// Turns true once the kubelet has asked a registration socket for `GetInfo`.
+    pub fn registration_asked(&self) -> watch::Receiver<bool> {
+        self.asked.subscribe()
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -458,7 +472,7 @@ impl Plugin {
         remove_socket(&d.paths.registration);
         tokio::time::sleep(self.config.registration_retry_delay).await;
         tracing::info!(driver, "re-offering registration");
-        let (task, stop) = start_registration(driver, &d.paths, tx)?;
+        let (task, stop) = start_registration(driver, &d.paths, tx, self.asked.clone())?;
         d.reg_task = Some(task);
         d.reg_stop = Some(stop);
         Ok(())

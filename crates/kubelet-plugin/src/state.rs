@@ -66,16 +66,16 @@ mod alloc_serde {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(v: &[AllocatedDevice], s: S) -> Result<S::Ok, S::Error> {
-        let hex: Vec<String> = v
-            .iter()
-            .map(|d| {
-                d.encode_to_vec()
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect()
-            })
-            .collect();
-        s.collect_seq(hex)
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        s.collect_seq(v.iter().map(|d| {
+            let bytes = d.encode_to_vec();
+            let mut hex = String::with_capacity(bytes.len() * 2);
+            for b in bytes {
+                hex.push(char::from(DIGITS[usize::from(b >> 4)]));
+                hex.push(char::from(DIGITS[usize::from(b & 0xf)]));
+            }
+            hex
+        }))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<AllocatedDevice>, D::Error> {

@@ -602,8 +602,19 @@ async fn health_streams_both_versions() {
     let p = n.launch_registered().await;
     for v in [HealthVersion::V1alpha1, HealthVersion::V1] {
         let w = n.node.kubelet.watch_health(NET, v).await.unwrap();
-        // The first report and at least one periodic resend (resend is 1 s here).
-        let updates = w.wait_for_updates(2, T).await.unwrap();
+        // A report with the inventory and at least one periodic resend after it (resend is
+        // 1 s here; under load the backend's first inventory may come after a resend).
+        let mut want = 2;
+        let updates = loop {
+            let u = w.wait_for_updates(want, T).await.unwrap();
+            if u.iter()
+                .position(|x| x.devices.len() == 4)
+                .is_some_and(|i| u.len() > i + 1)
+            {
+                break u;
+            }
+            want = u.len() + 1;
+        };
         let last = updates.last().unwrap();
         assert_eq!(last.devices.len(), 4, "{updates:?}");
         assert_eq!(last.devices[0].pool_name, NODE);
