@@ -427,6 +427,11 @@ impl<V: Serialize + DeserializeOwned> Checkpoint<V> {
         &self.path
     }
 
+    /// The fsync policy the checkpoint was opened with.
+    pub fn durability(&self) -> Durability {
+        self.opts.durability
+    }
+
     /// The current boot ID (as written in the file's header).
     pub fn boot_id(&self) -> &str {
         &self.boot_id

@@ -10,7 +10,7 @@ use tracing::Instrument;
 
 use crate::backend::{Backend, BackendError};
 use drakit_types::cdi::SpecDir;
-use drakit_types::checkpoint::Refreshed;
+use drakit_types::checkpoint::{Durability, Refreshed};
 
 use crate::claims::{ClaimRef, ClaimSource, ClaimWork, FetchError, extract, fetch_with_retry};
 use crate::metrics::DriverMetrics;
@@ -736,6 +736,9 @@ impl Driver {
     /// unprepares (a node draining) shares flushes and one thread instead of paying an
     /// `fdatasync` each.
     fn flush_in_background(&self) {
+        if lock(&self.journal).durability() == Durability::None {
+            return;
+        }
         {
             let mut f = lock(&self.flushing);
             if f.0 {
