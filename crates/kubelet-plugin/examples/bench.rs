@@ -571,6 +571,8 @@ async fn binary(state_parent: &Path, claims: usize) {
         }
         None => println!("RSS with claims prepared: could not read /proc status"),
     }
+    // The CDI dir was kept outside the temp root (on tmpfs): remove it too.
+    let _ = std::fs::remove_dir_all(&s.config.cdi_dir);
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
