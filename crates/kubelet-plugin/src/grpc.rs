@@ -228,16 +228,20 @@ impl v1beta1::dra_plugin_server::DraPlugin for DraService {
 pub struct HealthService {
     pub driver: Arc<Driver>,
     pub resend: Duration,
+    /// Turns true at shutdown: open streams end, so the server's graceful drain does not wait
+    /// for the kubelet to hang up.
+    pub stop: tokio::sync::watch::Receiver<bool>,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 fn health_stream<T: Send + 'static>(
-    driver: &Driver,
-    resend: Duration,
+    svc: &HealthService,
     convert: fn(&[DeviceHealth], i64) -> T,
 ) -> BoxStream<T> {
-    let mut rx = driver.health();
+    let mut rx = svc.driver.health();
+    let mut stop = svc.stop.clone();
+    let resend = svc.resend;
     let timeout = resend.as_secs().max(1) as i64 * 3;
     let s = async_stream(move |tx: mpsc::Sender<Result<T, Status>>| async move {
         let mut tick = tokio::time::interval(resend);
@@ -251,6 +255,7 @@ fn health_stream<T: Send + 'static>(
                 changed = rx.changed() => if changed.is_err() { return },
                 _ = tick.tick() => {}
                 () = tx.closed() => return,
+                _ = stop.wait_for(|v| *v) => return,
             }
         }
     });
@@ -311,11 +316,7 @@ impl hv1alpha1::dra_resource_health_server::DraResourceHealth for HealthService 
         &self,
         _: Request<hv1alpha1::NodeWatchResourcesRequest>,
     ) -> Result<Response<Self::NodeWatchResourcesStream>, Status> {
-        Ok(Response::new(health_stream(
-            &self.driver,
-            self.resend,
-            to_v1alpha1,
-        )))
+        Ok(Response::new(health_stream(self, to_v1alpha1)))
     }
 }
 
@@ -326,10 +327,6 @@ impl hv1::dra_resource_health_server::DraResourceHealth for HealthService {
         &self,
         _: Request<hv1::NodeWatchResourcesRequest>,
     ) -> Result<Response<Self::NodeWatchResourcesStream>, Status> {
-        Ok(Response::new(health_stream(
-            &self.driver,
-            self.resend,
-            to_v1,
-        )))
+        Ok(Response::new(health_stream(self, to_v1)))
     }
 }

@@ -315,6 +315,7 @@ impl Plugin {
             let health = HealthService {
                 driver: driver.clone(),
                 resend: config.health_resend,
+                stop: stop.subscribe(),
             };
             let shutdown = stopped(stop.subscribe());
             let dname = name.clone();
@@ -502,17 +503,37 @@ impl Plugin {
             .map(|d| std::mem::replace(&mut d.dra_task, tokio::spawn(async {})))
             .collect();
         all.extend(dra);
-        if tokio::time::timeout(grace, futures::future::join_all(all))
-            .await
-            .is_err()
-        {
+        let deadline = tokio::time::Instant::now() + grace;
+        let mut late = false;
+        for mut t in all {
+            if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+                late = true;
+                t.abort();
+                let _ = t.await;
+            }
+        }
+        if late {
             tracing::warn!(
                 ?grace,
                 "in-flight calls did not finish within the grace period"
             );
         }
+        // An abort only takes effect when the runtime next polls the task, and until it is
+        // dropped a task may hold a driver and, through it, the checkpoint lock the next
+        // instance needs: wait for each.
         for t in self.tasks.drain(..) {
             t.abort();
+            let _ = t.await;
+        }
+        // Connections the server spawned end once their streams do; wait for the last handle.
+        for d in &self.drivers {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+            while Arc::strong_count(&d.driver) > 1 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            if Arc::strong_count(&d.driver) > 1 {
+                tracing::warn!(driver = %d.driver.name(), "still referenced after shutdown; its checkpoint stays locked until released");
+            }
         }
         for d in &self.drivers {
             remove_socket(&d.paths.dra);

@@ -623,6 +623,50 @@ async fn health_streams_both_versions() {
     p.stop().await.unwrap();
 }
 
+/// Stop hands the checkpoints back at once, even with the kubelet's health streams still open:
+/// the next instance in the same process (or a restart that reuses the state dir) opens every
+/// driver's checkpoint without `Locked`, and stop does not sit out the drain grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_releases_every_checkpoint_with_health_streams_open() {
+    let n = TestNode::start(true).await;
+    for round in 0..5 {
+        let p = n.launch_registered().await;
+        let mut watches = Vec::new();
+        for d in [NET, CPU, RUNTIME] {
+            watches.push(
+                n.node
+                    .kubelet
+                    .watch_health(d, HealthVersion::V1)
+                    .await
+                    .unwrap(),
+            );
+        }
+        for w in &watches {
+            w.wait_for_updates(1, T).await.unwrap();
+        }
+        let t0 = std::time::Instant::now();
+        p.stop().await.unwrap();
+        assert!(
+            t0.elapsed() < Duration::from_secs(4),
+            "round {round}: stop waited {:?} for open health streams",
+            t0.elapsed()
+        );
+        for d in [NET, CPU, RUNTIME] {
+            let j = drakit_kubelet_plugin::state::open_checkpoint(
+                &drakit_kubelet_plugin::state::StateOptions {
+                    dir: n.config.state_dir.join(d),
+                    driver: d.into(),
+                    boot_id: drakit_kubelet_plugin::state::read_boot_id(&n.config.proc_root),
+                    durability: drakit_types::checkpoint::Durability::None,
+                    shared: false,
+                },
+            );
+            assert!(j.is_ok(), "round {round}: {d}: {:?}", j.err());
+        }
+        drop(watches);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_update_with_two_instances() {
     let n = TestNode::start(true).await;
