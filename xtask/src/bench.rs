@@ -13,6 +13,9 @@ use anyhow::{Context, Result};
 
 use crate::util::{self, cargo, is_root, root};
 
+/// The cargo profile the kubelet plugin binary is built with (Cargo.toml says why).
+pub const KUBELET_PLUGIN_PROFILE: &str = "release-small";
+
 struct Bench {
     name: &'static str,
     example: &'static str,
@@ -131,26 +134,37 @@ pub fn run(args: &[String]) -> Result<()> {
             .context("--runs needs a number ≥ 1")?,
         None => 1,
     };
-    // The `bench` examples of two packages collide in target/release/examples: build each, copy.
-    for (pkg, feats, name) in [
-        ("nri", Some("simulator"), "nri-library"),
-        ("drakit-kubelet-plugin", None, "kubelet-plugin"),
+    // The `bench` examples of two packages collide in their examples dir: build each, copy.
+    // The kubelet plugin is built, benched and shipped with its own profile (Cargo.toml); its
+    // bench finds the binary beside its own directory, so both come from that profile.
+    for (pkg, feats, name, profile) in [
+        ("nri", Some("simulator"), "nri-library", "release"),
+        (
+            "drakit-kubelet-plugin",
+            None,
+            "kubelet-plugin",
+            KUBELET_PLUGIN_PROFILE,
+        ),
     ] {
         let mut c = cargo();
         c.args([
             "build",
-            "--release",
+            "--profile",
+            profile,
             "--locked",
             "-p",
             pkg,
             "--example",
             "bench",
         ]);
+        if profile == KUBELET_PLUGIN_PROFILE {
+            c.arg("--bins");
+        }
         if let Some(f) = feats {
             c.args(["--features", f]);
         }
         util::run(&mut c)?;
-        let dir = root().join("target/release/examples");
+        let dir = root().join("target").join(profile).join("examples");
         std::fs::copy(dir.join("bench"), dir.join(format!("bench-{name}")))
             .with_context(|| format!("copying the {pkg} bench"))?;
     }
@@ -159,8 +173,6 @@ pub fn run(args: &[String]) -> Result<()> {
         "--release",
         "--locked",
         "--bins",
-        "-p",
-        "drakit-kubelet-plugin",
         "-p",
         "drakit-nri",
         "-p",
@@ -204,7 +216,12 @@ pub fn run(args: &[String]) -> Result<()> {
                 }
                 continue;
             }
-            let dir = root().join("target/release/examples");
+            let profile = if b.name == "kubelet-plugin" {
+                KUBELET_PLUGIN_PROFILE
+            } else {
+                "release"
+            };
+            let dir = root().join("target").join(profile).join("examples");
             let exe = if b.example == "bench" {
                 dir.join(format!("bench-{}", b.name))
             } else {
@@ -281,8 +298,13 @@ pub fn run(args: &[String]) -> Result<()> {
         "drakit-cpu",
         "drakit-webhook",
     ] {
-        if let Ok(m) = std::fs::metadata(root().join("target/release").join(bin)) {
-            println!("  {bin:<24} {:>6.1} MB", m.len() as f64 / 1e6);
+        let profile = if bin == "drakit-kubelet-plugin" {
+            KUBELET_PLUGIN_PROFILE
+        } else {
+            "release"
+        };
+        if let Ok(m) = std::fs::metadata(root().join("target").join(profile).join(bin)) {
+            println!("  {bin:<24} {:>6.1} MB ({profile})", m.len() as f64 / 1e6);
         }
     }
     for n in &notes {

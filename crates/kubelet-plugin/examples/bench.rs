@@ -5,7 +5,7 @@
 //! release binary. Headline figures are also printed as `BENCH <name> <value> <unit>` lines for
 //! `cargo xtask bench`.
 //!
-//! `cargo build --release -p drakit-kubelet-plugin && cargo run --release -p drakit-kubelet-plugin --example bench`
+//! `cargo build --profile release-small -p drakit-kubelet-plugin && cargo run --profile release-small -p drakit-kubelet-plugin --example bench`
 //! Options (env): BENCH_CLAIMS (default 1000), BENCH_LAUNCHES (launches of the binary, default
 //! 5), BENCH_ONLY=launch (only the binary: launch time and RSS).
 
@@ -411,11 +411,13 @@ fn status_kib(pid: u32, field: &str) -> Option<u64> {
 
 async fn binary(state_parent: &Path, claims: usize) {
     let exe = std::env::current_exe().ok().and_then(|p| {
-        // target/release/examples/bench → target/release/drakit-kubelet-plugin
+        // target/<profile>/examples/bench → target/<profile>/drakit-kubelet-plugin
         Some(p.parent()?.parent()?.join("drakit-kubelet-plugin"))
     });
     let Some(exe) = exe.filter(|p| p.exists()) else {
-        println!("binary: not built (cargo build --release -p drakit-kubelet-plugin); skipped");
+        println!(
+            "binary: not built (cargo build --profile release-small -p drakit-kubelet-plugin); skipped"
+        );
         return;
     };
     let size = std::fs::metadata(&exe).map(|m| m.len()).unwrap_or(0);
