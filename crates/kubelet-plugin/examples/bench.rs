@@ -261,6 +261,106 @@ async fn run_prepare(s: &Setup, files: bool, claims: usize, prefix: &str) {
     plugin.stop().await;
 }
 
+/// The floor under any prepare that reads its claim: a bare DRA server on a thread and
+/// runtime like the plugin's, whose NodePrepareResources does the kube GET of the claim and
+/// nothing else (`get: false`: not even that, the gRPC round trip alone). Measured through the
+/// same client and API server stand-in as the plugin.
+struct Floor {
+    kube: Option<kube::Api<k8s_openapi::api::resource::v1::ResourceClaim>>,
+}
+
+#[tonic::async_trait]
+impl v1::dra_plugin_server::DraPlugin for Floor {
+    async fn node_prepare_resources(
+        &self,
+        req: tonic::Request<v1::NodePrepareResourcesRequest>,
+    ) -> Result<tonic::Response<v1::NodePrepareResourcesResponse>, tonic::Status> {
+        let mut out = v1::NodePrepareResourcesResponse::default();
+        for c in req.into_inner().claims {
+            if let Some(api) = &self.kube {
+                api.get(&c.name)
+                    .await
+                    .map_err(|e| tonic::Status::internal(e.to_string()))?;
+            }
+            out.claims.insert(c.uid, Default::default());
+        }
+        Ok(tonic::Response::new(out))
+    }
+    async fn node_unprepare_resources(
+        &self,
+        _: tonic::Request<v1::NodeUnprepareResourcesRequest>,
+    ) -> Result<tonic::Response<v1::NodeUnprepareResourcesResponse>, tonic::Status> {
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+async fn floor(s: &Setup, n: usize, get: bool) -> Duration {
+    let dir = tempfile::tempdir().expect("tmp");
+    let sock = dir.path().join("floor.sock");
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (ready, ready_rx) = tokio::sync::oneshot::channel::<()>();
+    let (kc, path) = (s.config.kubeconfig.clone(), sock.clone());
+    let thread = std::thread::spawn(move || {
+        let rt = runtime().expect("runtime");
+        rt.block_on(async move {
+            let kube = if get {
+                let c = kube_client(kc.as_deref()).await.expect("client");
+                Some(kube::Api::namespaced(c, "bench"))
+            } else {
+                None
+            };
+            let listener = tokio::net::UnixListener::bind(&path).expect("bind");
+            let _ = ready.send(());
+            tonic::transport::Server::builder()
+                .add_service(v1::dra_plugin_server::DraPluginServer::new(Floor { kube }))
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::UnixListenerStream::new(listener),
+                    async {
+                        let _ = stop_rx.await;
+                    },
+                )
+                .await
+                .expect("serve");
+        });
+    });
+    ready_rx.await.expect("floor server");
+    let mut c = v1::dra_plugin_client::DraPluginClient::new(
+        drakit_kubelet_plugin::sockets::unix_channel(&sock),
+    );
+    let claim = |i: usize| v1::Claim {
+        namespace: "bench".into(),
+        uid: format!("a-uid-{:05}", i % n),
+        name: format!("a{}", i % n),
+    };
+    let _ = c
+        .node_prepare_resources(v1::NodePrepareResourcesRequest {
+            claims: vec![claim(0)],
+        })
+        .await;
+    let mut v = Vec::new();
+    for i in 0..n.max(300) {
+        let t = Instant::now();
+        c.node_prepare_resources(v1::NodePrepareResourcesRequest {
+            claims: vec![claim(i)],
+        })
+        .await
+        .expect("floor prepare");
+        v.push(t.elapsed());
+    }
+    drop(c);
+    let _ = stop.send(());
+    tokio::task::spawn_blocking(move || thread.join())
+        .await
+        .expect("join")
+        .expect("floor thread");
+    let label = if get {
+        "floor: bare DRA server, prepare = one kube GET, 1 claim/call"
+    } else {
+        "floor: bare DRA server, prepare does nothing (gRPC round trip)"
+    };
+    report(label, &mut v).0
+}
+
 async fn pieces(s: &Setup, n: usize, state_parent: &Path, cdi_parent: &Path) {
     // API GET of a claim through kube.
     let client = kube_client(s.config.kubeconfig.as_deref())
@@ -601,6 +701,8 @@ async fn main() {
         run_prepare(&s, files, claims, prefix).await;
         if prefix == "a" {
             pieces(&s, claims, &disk, &shm).await;
+            bench_line("kp_floor_grpc_p50", floor(&s, claims, false).await);
+            bench_line("kp_floor_grpc_get_p50", floor(&s, claims, true).await);
         }
         let _ = std::fs::remove_dir_all(&s.config.cdi_dir);
         drop(s.api);
