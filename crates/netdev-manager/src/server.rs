@@ -48,19 +48,31 @@ impl From<ManagerError> for Status {
 #[derive(Debug)]
 pub struct NetdevService<N: Netlink, S: Store> {
     mgr: Arc<Manager<N, S>>,
+    /// Turns true at shutdown: open WatchDevices streams end, so the server's graceful drain
+    /// does not wait for the kubelet plugin to hang up.
+    stop: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl<N: Netlink, S: Store> Clone for NetdevService<N, S> {
     fn clone(&self) -> Self {
         Self {
             mgr: self.mgr.clone(),
+            stop: self.stop.clone(),
         }
     }
 }
 
 impl<N: Netlink, S: Store> NetdevService<N, S> {
     pub fn new(mgr: Arc<Manager<N, S>>) -> Self {
-        Self { mgr }
+        Self {
+            mgr,
+            stop: Arc::new(tokio::sync::watch::channel(false).0),
+        }
+    }
+
+    /// Ends every open stream (the servers' shutdown calls it).
+    pub fn stop_streams(&self) {
+        self.stop.send_replace(true);
     }
 
     /// A tonic router carrying both services.
@@ -87,15 +99,22 @@ impl<N: Netlink, S: Store> Backend for NetdevService<N, S> {
         _req: Request<pb::WatchDevicesRequest>,
     ) -> Result<Response<InventoryStream>, Status> {
         let rx = self.mgr.subscribe();
+        let stop = self.stop.subscribe();
         let mgr = self.mgr.clone();
-        let s = futures::stream::unfold((rx, true), move |(mut rx, first)| {
+        let s = futures::stream::unfold((rx, stop, true), move |(mut rx, mut stop, first)| {
             let mgr = mgr.clone();
             async move {
-                if !first && rx.changed().await.is_err() {
+                if *stop.borrow() {
                     return None;
                 }
+                if !first {
+                    tokio::select! {
+                        changed = rx.changed() => changed.ok()?,
+                        _ = stop.wait_for(|v| *v) => return None,
+                    }
+                }
                 rx.borrow_and_update();
-                Some((Ok(mgr.inventory_proto()), (rx, false)))
+                Some((Ok(mgr.inventory_proto()), (rx, stop, false)))
             }
         });
         Ok(Response::new(Box::pin(s)))
@@ -175,8 +194,10 @@ pub async fn serve<N: Netlink, S: Store>(
 ) -> Result<(), ServerError> {
     let l = uds::bind(path)?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let streams = svc.clone();
     let signal = async move {
         shutdown.await;
+        streams.stop_streams();
         let _ = tx.send(());
     };
     let server = svc.router().serve_with_incoming_shutdown(

@@ -347,3 +347,39 @@ fn daemon_starts_serves_and_stops_on_sigterm() {
     assert!(status.success(), "exit {status}: {err}");
     assert!(!sock.exists(), "socket left behind");
 }
+
+/// An open WatchDevices stream (the kubelet plugin keeps one) does not hold shutdown: the
+/// stream ends and the server returns well inside the drain grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_open_watch_streams_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sock, _fake, stop, h) = start(dir.path(), vec![0]);
+    wait_for(&sock).await;
+    let mut b = connect_backend(&sock, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let mut stream = b
+        .watch_devices(pb::WatchDevicesRequest {
+            driver: "net.drakit.dev".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stream.message().await.unwrap().is_some());
+    let t0 = std::time::Instant::now();
+    stop.send(()).unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(2), stream.message())
+        .await
+        .expect("the stream ends at shutdown");
+    assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
+    tokio::time::timeout(Duration::from_secs(2), h)
+        .await
+        .expect("the server returns without sitting out the grace period")
+        .unwrap();
+    assert!(
+        t0.elapsed() < drakit_netdev::server::SHUTDOWN_GRACE,
+        "{:?}",
+        t0.elapsed()
+    );
+    assert!(!sock.exists(), "socket removed");
+}
