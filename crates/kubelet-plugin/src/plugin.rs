@@ -525,9 +525,10 @@ impl Plugin {
             t.abort();
             let _ = t.await;
         }
-        // Connections the server spawned end once their streams do; wait for the last handle.
+        // Connections the server spawned end once their streams do; wait (1 s at most in all)
+        // for the last handle on each driver.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
         for d in &self.drivers {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
             while Arc::strong_count(&d.driver) > 1 && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
